@@ -1,0 +1,1 @@
+"""INT8 calibration (data, calibrators, sensitivity) — planned, see the open issues."""

@@ -1,0 +1,1 @@
+"""ONNX export with ``tinyvim`` custom ops, and validation against PyTorch."""

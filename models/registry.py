@@ -1,0 +1,89 @@
+"""Model registry and the per-model spec: the one place that says what a model expects.
+
+Export writes these fields into the artifact's metadata, runtimes and the Predictor read them back;
+nothing else in the toolkit hard-codes an input size, a mean/std or a class list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from functools import lru_cache
+from importlib import resources
+
+from torch import nn
+
+from tinyvim_deploy.errors import UnknownModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@lru_cache(maxsize=1)
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k names in class-index order (first lemma of each synset)."""
+    text = resources.files("tinyvim_deploy").joinpath("data/imagenet_classes.txt").read_text("utf-8")
+    rows = [line.split("\t", 1) for line in text.splitlines() if line and not line.startswith("#")]
+    return tuple(lemmas.split(",")[0].strip() for _, lemmas in rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What a model is and how its input must be prepared (official evaluation, spec §9)."""
+
+    name: str
+    family: str
+    task: str  # "classification" | "segmentation" | "detection"
+    input_size: tuple[int, int, int] = (3, 224, 224)  # C, H, W
+    crop_pct: float = 0.875  # official eval: resize short side to 256, centre-crop 224
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    num_classes: int = 1000
+    labels: str = "imagenet"  # name of the shipped label set, or "" for index labels
+    params: int = 0  # as built, both heads (official count)
+    macs: int = 0  # conv + linear + einsum MACs at input_size, unfused (scan not counted)
+    size_multiple: int = 32  # height and width must be multiples of this
+    paper: str = ""
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        if self.labels == "imagenet" and self.num_classes == 1000:
+            return imagenet_class_names()
+        return tuple(str(i) for i in range(self.num_classes))
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_MODELS: dict[str, tuple[ModelSpec, Callable[..., nn.Module]]] = {}
+
+
+def register_model(spec: ModelSpec) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a constructor ``fn(num_classes=..., features_only=...) -> nn.Module`` under ``spec.name``."""
+
+    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _MODELS[spec.name] = (spec, fn)
+        return fn
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`, sorted."""
+    return sorted(_MODELS)
+
+
+def _entry(name: str) -> tuple[ModelSpec, Callable[..., nn.Module]]:
+    key = name.strip().lower().replace("_", "-")
+    if key not in _MODELS:
+        raise UnknownModelError(f"Unknown model {name!r}; available: {', '.join(list_models())}.")
+    return _MODELS[key]
+
+
+def get_spec(name: str) -> ModelSpec:
+    return _entry(name)[0]
+
+
+def get_constructor(name: str) -> Callable[..., nn.Module]:
+    return _entry(name)[1]

@@ -1,0 +1,1 @@
+"""Runtime backends behind one interface (one file per runtime)."""

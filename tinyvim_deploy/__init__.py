@@ -1,0 +1,49 @@
+"""tinyvim-deploy: TinyViM and its family from PyTorch to ONNX Runtime, TensorRT and CoreML, exactly.
+
+Public API: :func:`list_models`, :func:`create_model`, :func:`reparameterize`, :func:`get_spec`
+and the exception hierarchy in :mod:`tinyvim_deploy.errors`. Heavy runtimes (TensorRT, coremltools,
+OpenVINO) are never imported here; each backend imports its own library when it is used.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from tinyvim_deploy.errors import (  # noqa: E402
+    ArtifactError,
+    BackendUnavailableError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    ExportError,
+    ImageError,
+    InputSizeError,
+    TinyViMDeployError,
+    UnknownModelError,
+    ValidationError,
+)
+from tinyvim_deploy.models import (  # noqa: E402
+    ModelSpec,
+    create_model,
+    get_spec,
+    list_models,
+    reparameterize,
+)
+
+__all__ = [
+    "ArtifactError",
+    "BackendUnavailableError",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "ExportError",
+    "ImageError",
+    "InputSizeError",
+    "ModelSpec",
+    "TinyViMDeployError",
+    "UnknownModelError",
+    "ValidationError",
+    "__version__",
+    "create_model",
+    "get_spec",
+    "list_models",
+    "reparameterize",
+]

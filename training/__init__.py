@@ -1,0 +1,1 @@
+"""Synthetic data sets, training and DRKD distillation — planned, see the open issues."""
