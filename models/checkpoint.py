@@ -14,7 +14,7 @@ import hashlib
 import os
 import pickle
 import zipfile
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import Tensor, nn
@@ -65,11 +65,12 @@ def load_checkpoint(path: str | os.PathLike, *, use_ema: bool = False) -> Checkp
         raise CheckpointError(
             f"{path} is not a plain PyTorch checkpoint (refusing to unpickle it safely: {first[:160]})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # torch raises many types for garbage (KeyError, RuntimeError, EOFError…)
         text = str(e).lower()
         reason = (
             "the file is truncated or corrupt"
-            if any(w in text for w in ("central directory", "eof", "truncat", "corrupt", "failed finding", "zip"))
+            if isinstance(e, (EOFError, zipfile.BadZipFile))
+            or any(w in text for w in ("central directory", "eof", "truncat", "corrupt", "failed finding", "zip"))
             else "it is not a PyTorch checkpoint"
         )
         raise CheckpointError(f"Cannot read checkpoint {path}: {reason}.") from None
@@ -97,7 +98,7 @@ def load_checkpoint(path: str | os.PathLike, *, use_ema: bool = False) -> Checkp
     return Checkpoint(dict(state_dict), path, _sha256(path), source, notes)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _variant_shapes(name: str) -> dict[str, tuple[int, ...]]:
     from tinyvim_deploy.models.registry import get_constructor
 

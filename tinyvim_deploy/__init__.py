@@ -29,7 +29,19 @@ from tinyvim_deploy.models import (  # noqa: E402
     reparameterize,
 )
 
+
+def __getattr__(name: str):
+    # Predictor pulls in OpenCV and the runtimes: import it on first use only.
+    if name in ("Predictor", "ClassificationResult"):
+        from tinyvim_deploy import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module 'tinyvim_deploy' has no attribute {name!r}")
+
+
 __all__ = [
+    "ClassificationResult",
+    "Predictor",
     "ArtifactError",
     "BackendUnavailableError",
     "CheckpointError",

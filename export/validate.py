@@ -1,0 +1,122 @@
+"""Export-then-validate (Optimum/Polygraphy style): the ONNX file against PyTorch on the same inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclasses.dataclass
+class Check:
+    name: str  # which input
+    max_abs: float
+    mean_abs: float
+    top1_agree: float | None  # fraction of samples whose argmax agrees (classification only)
+    passed: bool
+
+
+@dataclasses.dataclass
+class ValidationReport:
+    checks: list[Check]
+    atol: float
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def max_abs(self) -> float:
+        return max(c.max_abs for c in self.checks)
+
+
+def ort_session(path_or_bytes, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # ORT and torch in one process: spinning thread pools fight for the cores (toolchain notes §3).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path_or_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def photo_batch(photos_dir: str | os.PathLike | None, size: tuple[int, int], spec, limit: int = 8) -> np.ndarray | None:
+    """Real photos preprocessed the model's way, if a folder of them is available."""
+    if not photos_dir or not Path(photos_dir).is_dir():
+        return None
+    from tinyvim_deploy.images import ImageError, load_image
+    from tinyvim_deploy.preprocess import preprocess
+
+    images = []
+    for path in sorted(Path(photos_dir).iterdir()):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            try:
+                images.append(load_image(path))
+            except ImageError:
+                continue
+        if len(images) == limit:
+            break
+    if not images:
+        return None
+    return preprocess(images, size, crop_pct=spec.crop_pct, interpolation=spec.interpolation,
+                      mean=spec.mean, std=spec.std)
+
+
+def validation_inputs(size: tuple[int, int], batches: Sequence[int], spec, photos_dir=None) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    inputs = {f"random batch {b}": rng.standard_normal((b, 3, *size), dtype=np.float32) for b in batches}
+    photos = photo_batch(photos_dir, size, spec)
+    if photos is not None:
+        if len(batches) == 1:  # static batch: feed the photos in batches of that size
+            n = batches[0]
+            photos = np.concatenate([photos] * n)[: max(n, len(photos) // n * n)]
+        inputs[f"{len(photos)} photos"] = photos
+    return inputs
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, name: str, atol: float, task: str) -> Check:
+    diff = np.abs(reference.astype(np.float64) - candidate)
+    top1 = None
+    if task == "classification" and reference.ndim == 2:
+        top1 = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
+    ok = bool(np.isfinite(candidate).all() and diff.max() <= atol)
+    return Check(name, float(diff.max()), float(diff.mean()), top1, ok)
+
+
+def validate_onnx(onnx_path, torch_model: torch.nn.Module, inputs: dict[str, np.ndarray], atol: float = 1e-4,
+                  task: str = "classification") -> ValidationReport:
+    session = ort_session(str(onnx_path))
+    input_name = session.get_inputs()[0].name
+    static_batch = session.get_inputs()[0].shape[0]
+    checks = []
+    for name, x in inputs.items():
+        step = static_batch if isinstance(static_batch, int) and static_batch > 0 else len(x)
+        outputs = [session.run(None, {input_name: x[i : i + step]})[0] for i in range(0, len(x), step)]
+        got = np.concatenate(outputs)
+        with torch.no_grad():
+            ref = torch_model(torch.from_numpy(x)).numpy()
+        checks.append(compare(ref, got, name, atol, task))
+    return ValidationReport(checks, atol)
+
+
+def print_report(report: ValidationReport, console, title: str = "ONNX Runtime vs PyTorch") -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("input", "max abs diff", "mean abs diff", "top-1 agree", "verdict"):
+        table.add_column(col)
+    for c in report.checks:
+        top1 = "-" if c.top1_agree is None else f"{c.top1_agree:.0%}"
+        verdict = "[green]✓[/]" if c.passed else "[red]✗[/]"
+        table.add_row(c.name, f"{c.max_abs:.2e}", f"{c.mean_abs:.2e}", top1, verdict)
+    console.print(table)
+    word = "[bold green]✓ PASS[/]" if report.passed else "[bold red]✗ FAIL[/]"
+    console.print(f"{word}: max abs diff {report.max_abs:.2e} (atol {report.atol:g})")

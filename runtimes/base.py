@@ -1,0 +1,95 @@
+"""One small interface for every runtime (Polygraphy-style loader + runner).
+
+A backend loads one artifact, says what it expects (:class:`TensorInfo`), runs NumPy arrays and
+returns NumPy arrays. Everything model-specific (input size, preprocessing, class names) comes
+from the artifact's :class:`ModelSpec`, so the Predictor and ``bench`` never branch on a backend's name.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+
+import numpy as np
+
+from tinyvim_deploy.models.registry import ModelSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple  # ints, or None/str for dynamic dimensions
+    dtype: str
+
+
+class Backend(abc.ABC):
+    """Load an artifact once; ``run`` many times; ``close`` (or use as a context manager)."""
+
+    name: str = "base"
+
+    def __init__(self, artifact, *, device: str | None = None, threads: int | None = None, **options):
+        self.artifact = artifact
+        self.device = device or "cpu"
+        self.threads = threads
+        self.options = options
+        t0 = time.perf_counter()
+        self._load()
+        self.load_seconds = time.perf_counter() - t0
+
+    # -- what each backend writes -------------------------------------------------------------------
+    @abc.abstractmethod
+    def _load(self) -> None:
+        """Read the artifact; set ``self.spec``, ``self.input_hw`` and ``self.class_names``."""
+
+    @abc.abstractmethod
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run one float32 NCHW batch."""
+
+    @abc.abstractmethod
+    def inputs(self) -> list[TensorInfo]: ...
+
+    @abc.abstractmethod
+    def outputs(self) -> list[TensorInfo]: ...
+
+    def close(self) -> None:  # noqa: B027  (optional hook: most runtimes free on garbage collection)
+        """Release the runtime's resources."""
+
+    # -- shared behaviour ---------------------------------------------------------------------------
+    spec: ModelSpec
+    input_hw: tuple[int, int]
+    class_names: list[str]
+
+    @property
+    def static_batch(self) -> int | None:
+        dim = self.inputs()[0].shape[0]
+        return dim if isinstance(dim, int) and dim > 0 else None
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run a batch of any size (split into the artifact's static batch if it has one)."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        step = self.static_batch
+        if step is None or step == len(batch):
+            return self._run(batch)
+        pieces: list[list[np.ndarray]] = []
+        for start in range(0, len(batch), step):
+            chunk = batch[start : start + step]
+            n = len(chunk)
+            if n < step:  # pad the last chunk to the static batch, drop the padding after
+                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), np.float32)])
+            pieces.append([o[:n] for o in self._run(chunk)])
+        return [np.concatenate(parts) for parts in zip(*pieces)]
+
+    def warmup(self, runs: int = 3) -> None:
+        x = np.zeros((self.static_batch or 1, 3, *self.input_hw), np.float32)
+        for _ in range(runs):
+            self._run(x)
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,67 @@
+"""ONNX Runtime backend: runs exported ``.onnx`` files (custom ops through their local functions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tinyvim_deploy.errors import ArtifactError, BackendUnavailableError
+from tinyvim_deploy.runtimes.base import Backend, TensorInfo
+
+# Execution providers chosen by --device, when the installed onnxruntime has them.
+DEVICE_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    "coreml": ["CoreMLExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def _load(self) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        from tinyvim_deploy.export.metadata import class_names_from_metadata, read_metadata, spec_from_metadata
+
+        path = Path(self.artifact)
+        if not path.is_file():
+            raise ArtifactError(f"ONNX file not found: {path}")
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception:
+            raise ArtifactError(f"{path} is not a readable ONNX file.") from None
+        meta = read_metadata(proto)
+        self.spec, self.input_hw = spec_from_metadata(meta, str(path))
+        self.class_names = class_names_from_metadata(meta)
+        self.metadata = meta
+
+        wanted = DEVICE_PROVIDERS.get(self.device)
+        if wanted is None:
+            raise BackendUnavailableError(f"Unknown device {self.device!r} for onnxruntime: "
+                                          f"choose {', '.join(DEVICE_PROVIDERS)}.")
+        available = ort.get_available_providers()
+        if wanted[0] not in available:
+            raise BackendUnavailableError(f"onnxruntime here has no {wanted[0]} (available: {', '.join(available)}).")
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=[p for p in wanted if p in available])
+        self._input = self.session.get_inputs()[0].name
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self._input: batch})
+
+    def inputs(self) -> list[TensorInfo]:
+        return [TensorInfo(i.name, tuple(i.shape), i.type) for i in self.session.get_inputs()]
+
+    def outputs(self) -> list[TensorInfo]:
+        return [TensorInfo(o.name, tuple(o.shape), o.type) for o in self.session.get_outputs()]
+
+    def describe(self) -> str:
+        return f"onnxruntime ({self.session.get_providers()[0]})"

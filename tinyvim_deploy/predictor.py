@@ -1,0 +1,100 @@
+"""``Predictor``: one API for apps, whatever the artifact (a model name, an ONNX file, …).
+
+The artifact's own spec drives preprocessing (size, crop_pct, interpolation, mean/std); the
+backend only runs arrays. One input gives one result, a list gives a list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tinyvim_deploy.errors import ArtifactError, ImageError
+from tinyvim_deploy.images import load_image, to_rgb
+from tinyvim_deploy.preprocess import preprocess
+
+
+@dataclasses.dataclass
+class ClassificationResult:
+    indices: list[int]  # top-k class indices, best first
+    labels: list[str]
+    scores: list[float]  # softmax probabilities
+    logits: np.ndarray  # all classes
+    source: str = ""
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "indices": self.indices, "labels": self.labels, "scores": self.scores}
+
+
+def _read_labels(path: str | os.PathLike) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"Labels file not found: {p}")
+    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class Predictor:
+    """Classify images with an exported artifact or a registered model.
+
+    >>> p = Predictor("tinyvim-s_224x224.onnx")          # backend chosen from the file type
+    >>> p("cat.jpg").labels[0]
+    """
+
+    def __init__(self, artifact, *, backend: str | None = None, device: str | None = None,
+                 threads: int | None = None, weights=None, labels=None, topk: int = 5):
+        from tinyvim_deploy.runtimes import load_backend
+
+        options = {"weights": weights} if weights is not None else {}
+        self.backend = load_backend(artifact, backend, device=device, threads=threads, **options)
+        self.spec = self.backend.spec
+        names = _read_labels(labels) if isinstance(labels, (str, os.PathLike)) else labels
+        names = list(names) if names is not None else list(self.backend.class_names)
+        if len(names) != self.spec.num_classes:
+            names = [str(i) for i in range(self.spec.num_classes)]  # e.g. a fine-tuned head: index labels
+        self.class_names = names
+        self.topk = topk
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        s = self.spec
+        return preprocess(images, self.backend.input_hw, crop_pct=s.crop_pct, interpolation=s.interpolation,
+                          mean=s.mean, std=s.std)
+
+    def _to_rgb(self, item, color: str) -> tuple[np.ndarray, str]:
+        if isinstance(item, (str, os.PathLike)):
+            return load_image(item), str(item)
+        if isinstance(item, np.ndarray):
+            return to_rgb(item, color, "array"), "array"
+        raise ImageError(f"Cannot read an image from a {type(item).__name__}: pass a path or an HxWx3 uint8 array.")
+
+    def postprocess(self, logits: np.ndarray, sources: Sequence[str]) -> list[ClassificationResult]:
+        k = min(self.topk, logits.shape[1])
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        results = []
+        for row, p, src in zip(logits, probs, sources):
+            top = np.argsort(-row, kind="stable")[:k]
+            results.append(ClassificationResult([int(i) for i in top], [self.class_names[i] for i in top],
+                                                [float(p[i]) for i in top], row, src))
+        return results
+
+    def __call__(self, images, *, color: str = "rgb"):
+        single = isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3))
+        items = [images] if single else list(images)
+        decoded = [self._to_rgb(item, color) for item in items]
+        batch = self.preprocess([rgb for rgb, _ in decoded])
+        logits = self.backend.run(batch)[0]
+        results = self.postprocess(logits, [src for _, src in decoded])
+        return results[0] if single else results
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
