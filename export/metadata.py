@@ -43,6 +43,18 @@ def build_metadata(spec: ModelSpec, *, input_hw: tuple[int, int], batch: int | N
     }
 
 
+def load_onnx_file(path) -> onnx.ModelProto:
+    """Read an ONNX file (graph only), or raise a one-line :class:`ArtifactError`."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise ArtifactError(f"ONNX file not found: {path}")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception:
+        raise ArtifactError(f"{path} is not a readable ONNX file.") from None
+
+
 def write_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
     del model.metadata_props[:]
     for key in sorted(metadata):

@@ -18,7 +18,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
@@ -217,6 +216,3 @@ def onnx_input_hw(model: onnx.ModelProto) -> tuple[int, int]:
     dims = model.graph.input[0].type.tensor_type.shape.dim
     return dims[2].dim_value, dims[3].dim_value
 
-
-def random_input(size: tuple[int, int], batch: int = 1, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((batch, 3, *size), dtype=np.float32)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyvim_deploy.errors import ArtifactError, BackendUnavailableError
+from tinyvim_deploy.errors import BackendUnavailableError
 from tinyvim_deploy.runtimes.base import Backend, TensorInfo
 
 # Execution providers chosen by --device, when the installed onnxruntime has them.
@@ -22,18 +22,17 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def _load(self) -> None:
-        import onnx
         import onnxruntime as ort
 
-        from tinyvim_deploy.export.metadata import class_names_from_metadata, read_metadata, spec_from_metadata
+        from tinyvim_deploy.export.metadata import (
+            class_names_from_metadata,
+            load_onnx_file,
+            read_metadata,
+            spec_from_metadata,
+        )
 
         path = Path(self.artifact)
-        if not path.is_file():
-            raise ArtifactError(f"ONNX file not found: {path}")
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception:
-            raise ArtifactError(f"{path} is not a readable ONNX file.") from None
+        proto = load_onnx_file(path)
         meta = read_metadata(proto)
         self.spec, self.input_hw = spec_from_metadata(meta, str(path))
         self.class_names = class_names_from_metadata(meta)

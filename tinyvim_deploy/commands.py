@@ -48,14 +48,11 @@ def export_cmd(
         raise ExportError(f"Unknown target {target!r}: choose {', '.join(TARGETS)}.")
     if target != "onnx":
         raise ExportError(f"Target {target!r} is not implemented yet (issue 6); export to onnx and convert it.")
-    try:
-        result = export_onnx(
-            model, weights=weights, output=output, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
-            opset=opset, simplify_graph=not no_simplify, inline=inline_custom_ops, scan_impl=scan_impl, atol=atol,
-            photos_dir=photos or default_photos_dir(),
-        )
-    except ValidationError:
-        raise
+    result = export_onnx(
+        model, weights=weights, output=output, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
+        opset=opset, simplify_graph=not no_simplify, inline=inline_custom_ops, scan_impl=scan_impl, atol=atol,
+        photos_dir=photos or default_photos_dir(),
+    )
     if result.report:
         print_report(result.report, console)
     custom = ", ".join(f"{k}×{v}" for k, v in sorted(result.custom_nodes.items())) or "none (inlined)"
@@ -73,19 +70,12 @@ def validate_cmd(
     photos: Path | None = typer.Option(None, "--photos", help="Folder of images for validation."),
 ) -> None:
     """Re-run the ONNX Runtime vs PyTorch check on an exported file."""
-    import onnx
-
-    from tinyvim_deploy.export.metadata import read_metadata
+    from tinyvim_deploy.export.metadata import load_onnx_file, read_metadata
     from tinyvim_deploy.export.onnx_export import onnx_input_hw
     from tinyvim_deploy.export.validate import print_report, validate_onnx, validation_inputs
     from tinyvim_deploy.models import create_model
 
-    if not artifact.is_file():
-        raise ArtifactError(f"ONNX file not found: {artifact}")
-    try:
-        proto = onnx.load(str(artifact), load_external_data=False)
-    except Exception:
-        raise ArtifactError(f"{artifact} is not a readable ONNX file.") from None
+    proto = load_onnx_file(artifact)
     meta = read_metadata(proto)
     name = model or meta.get("model")
     if not name:
