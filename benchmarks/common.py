@@ -30,3 +30,17 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int = 50, wa
             fn()
             times[name].append((time.perf_counter() - t0) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def parse_bench_args(description: str | None):
+    """The options every benchmark takes (--threads, --runs); sets torch's thread count."""
+    import argparse
+
+    import torch
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args

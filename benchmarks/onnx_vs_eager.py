@@ -10,7 +10,6 @@ ORT runs with allow_spinning=0 because it shares the process with torch (toolcha
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_medians  # noqa: E402
+from common import interleaved_medians, parse_bench_args  # noqa: E402
 from scan_speed import make_inputs  # noqa: E402
 
 import tinyvim_deploy as tv  # noqa: E402
@@ -73,11 +72,7 @@ def model_table(threads: int, runs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=50)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_bench_args(__doc__)
     import onnxruntime
 
     print(f"# {cpu_description()}; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "

@@ -7,14 +7,13 @@ L = 49 (224x224 input), 256 (512x512) and 1024 (1024x1024). Usage:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_medians  # noqa: E402
+from common import interleaved_medians, parse_bench_args  # noqa: E402
 
 from tinyvim_deploy.environment import cpu_description  # noqa: E402
 from tinyvim_deploy.models.ops import selective_scan, selective_scan_ref  # noqa: E402
@@ -35,11 +34,7 @@ def make_inputs(L: int, batch: int = 1, k: int = 4, d: int = 168, n: int = 8):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=50)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_bench_args(__doc__)
     print(f"# {cpu_description()}, torch {torch.__version__}, {args.threads} threads, median of {args.runs}")
     print("| L | reference (step loop) ms | default (blocked) ms | speed-up | max abs diff |")
     print("|---|---|---|---|---|")
