@@ -14,17 +14,18 @@ import dataclasses
 import io
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import onnx
 import torch
 
-from tinyvim_deploy.errors import ExportError, InputSizeError, ValidationError
+from tinyvim_deploy.errors import ExportError, ValidationError
 from tinyvim_deploy.export import ops as tv_ops
 from tinyvim_deploy.export.metadata import build_metadata, write_metadata
 from tinyvim_deploy.export.validate import ValidationReport, validate_onnx, validation_inputs
+from tinyvim_deploy.fileio import atomic_output
+from tinyvim_deploy.models.registry import parse_input_size
 
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 18, 23, 20
 INPUT_NAME = "image"
@@ -38,25 +39,6 @@ class ExportResult:
     export_seconds: float
     node_count: int
     custom_nodes: dict[str, int]
-
-
-def parse_input_size(value: str | int | tuple[int, int] | None, default: tuple[int, int]) -> tuple[int, int]:
-    if value is None:
-        return default
-    if isinstance(value, int):
-        return value, value
-    if isinstance(value, tuple):
-        return value
-    text = str(value).lower().replace("×", "x")
-    try:
-        parts = [int(p) for p in text.split("x")]
-    except ValueError:
-        raise InputSizeError(f"Cannot read input size {value!r}: use N or HxW, e.g. 224 or 256x320.") from None
-    if len(parts) == 1:
-        return parts[0], parts[0]
-    if len(parts) == 2:
-        return parts[0], parts[1]
-    raise InputSizeError(f"Cannot read input size {value!r}: use N or HxW, e.g. 224 or 256x320.")
 
 
 def default_output_name(model_name: str, size: tuple[int, int], batch: int | None, inline: bool) -> str:
@@ -188,12 +170,9 @@ def export_onnx(
     proto.producer_name, proto.producer_version = "tinyvim-deploy", tinyvim_deploy.__version__
     onnx.checker.check_model(proto, full_check=True)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     report = None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(proto.SerializeToString())
         export_seconds = time.perf_counter() - t0
         if validate:
             batches = [1, 3] if dynamic_batch else [batch]
@@ -204,11 +183,6 @@ def export_onnx(
                     f"Exported model differs from PyTorch: max abs diff {report.max_abs:.2e} > atol {atol:g}; "
                     f"nothing was written to {path}."
                 )
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return ExportResult(path, report, metadata, export_seconds, len(proto.graph.node), custom_node_counts(proto))
 
 

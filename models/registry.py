@@ -13,7 +13,7 @@ from importlib import resources
 
 from torch import nn
 
-from tinyvim_deploy.errors import UnknownModelError
+from tinyvim_deploy.errors import InputSizeError, UnknownModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,3 +87,22 @@ def get_spec(name: str) -> ModelSpec:
 
 def get_constructor(name: str) -> Callable[..., nn.Module]:
     return _entry(name)[1]
+
+
+def parse_input_size(value: str | int | tuple[int, int] | None, default: tuple[int, int]) -> tuple[int, int]:
+    if value is None:
+        return default
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, tuple):
+        return value
+    text = str(value).lower().replace("×", "x")
+    try:
+        parts = [int(p) for p in text.split("x")]
+    except ValueError:
+        raise InputSizeError(f"Cannot read input size {value!r}: use N or HxW, e.g. 224 or 256x320.") from None
+    if len(parts) == 1:
+        return parts[0], parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    raise InputSizeError(f"Cannot read input size {value!r}: use N or HxW, e.g. 224 or 256x320.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -87,6 +88,17 @@ class Backend(abc.ABC):
 
     def describe(self) -> str:
         return f"{self.name} on {self.device}"
+
+    def thread_count(self) -> int | None:
+        """Threads the runtime computes with (what was asked, else the runtime's default)."""
+        return self.threads or os.cpu_count()
+
+    def reset_peak_memory(self) -> None:  # noqa: B027  (only device runtimes track their own memory)
+        """Start a new peak-memory window (device memory, where the runtime reports it)."""
+
+    def peak_memory_mb(self) -> float | None:
+        """Peak device memory since :meth:`reset_peak_memory`, or None where not reported."""
+        return None
 
     def __enter__(self):
         return self

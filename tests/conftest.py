@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +46,21 @@ def seed7_model():
 
     need_shared()
     return tv.create_model("tinyvim-s", weights=TRAIN_LAYOUT)
+
+
+def tvdeploy(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh process, as a user would (wide output, no warnings)."""
+    code = "from tinyvim_deploy.cli import main; main()"
+    env = {"COLUMNS": "200", "PATH": "", "PYTHONWARNINGS": "ignore", "TVD_SHARED": str(SHARED)}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=600,
+                          env=env, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def seed7_onnx(tmp_path_factory) -> Path:
+    """TinyViM-S with the seed-7 weights, exported once per test session (validated by the export)."""
+    from tinyvim_deploy.export.onnx_export import export_onnx
+
+    need_shared()
+    out = tmp_path_factory.mktemp("onnx") / "tinyvim-s.onnx"
+    return export_onnx("tinyvim-s", weights=TRAIN_LAYOUT, output=out, photos_dir=None).path

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 import tinyvim_deploy as tv
-
-
-def tvdeploy(*args: str) -> subprocess.CompletedProcess:
-    code = "from tinyvim_deploy.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600,
-                          env={"COLUMNS": "200", "PATH": "", "PYTHONWARNINGS": "ignore"})
+from tests.conftest import tvdeploy
 
 
 def test_version():

@@ -7,14 +7,11 @@ import pytest
 
 import tinyvim_deploy as tv
 from tests.conftest import PHOTOS, TRAIN_LAYOUT, need_shared
-from tinyvim_deploy.export.onnx_export import export_onnx
 
 
 @pytest.fixture(scope="module")
-def onnx_path(tmp_path_factory):
-    need_shared()
-    return export_onnx("tinyvim-s", weights=TRAIN_LAYOUT, output=tmp_path_factory.mktemp("p") / "s.onnx",
-                       photos_dir=None).path
+def onnx_path(seed7_onnx):
+    return seed7_onnx
 
 
 def test_onnx_and_torch_agree_on_every_photo(onnx_path):
@@ -60,3 +57,22 @@ def test_heavy_runtimes_not_imported():
             "print(sorted(m for m in ('tensorrt', 'coremltools', 'openvino') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_fine_tuned_head_gets_index_labels_unless_a_labels_file_is_given(tmp_path):
+    import torch
+
+    model = tv.create_model("tinyvim-s", num_classes=10)
+    torch.save({"model": model.state_dict()}, tmp_path / "ft.pth")
+    rgb = np.random.default_rng(1).integers(0, 255, (240, 260, 3), dtype=np.uint8)
+    p = tv.Predictor("tinyvim-s", weights=tmp_path / "ft.pth", topk=3)
+    assert p.spec.num_classes == 10 and set(p(rgb).labels) <= {str(i) for i in range(10)}
+    (tmp_path / "labels.txt").write_text("\n".join(f"part-{i}" for i in range(10)))
+    named = tv.Predictor("tinyvim-s", weights=tmp_path / "ft.pth", labels=tmp_path / "labels.txt", topk=3)(rgb)
+    assert named.labels == [f"part-{i}" for i in named.indices] and len(named.indices) == 3
+
+
+def test_a_labels_file_of_the_wrong_length_is_refused(tmp_path, onnx_path):
+    (tmp_path / "labels.txt").write_text("cat\ndog\n")
+    with pytest.raises(tv.ArtifactError, match="2 names"):
+        tv.Predictor(onnx_path, labels=tmp_path / "labels.txt")

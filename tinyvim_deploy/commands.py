@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from tinyvim_deploy.cli import app, console
-from tinyvim_deploy.errors import ArtifactError, ExportError, ValidationError
+from tinyvim_deploy.cli import app, console, err_console
+from tinyvim_deploy.errors import ArtifactError, ExportError, ImageError, ValidationError
 
 TARGETS = ("onnx", "trt", "coreml")
 
@@ -90,3 +90,129 @@ def validate_cmd(
     print_report(report, console, title=f"{artifact.name}: ONNX Runtime vs PyTorch")
     if not report.passed:
         raise ValidationError(f"{artifact} does not match PyTorch within atol {atol:g}.")
+
+
+@app.command("predict")
+def predict_cmd(
+    artifact: str = typer.Argument(..., help="An exported file (.onnx) or a model name."),
+    images: list[Path] = typer.Argument(..., help="Image files and/or folders."),
+    topk: int = typer.Option(5, "--topk", "-k", help="Classes to show per image."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results as JSON here."),
+    backend: str | None = typer.Option(None, "--backend", "-b", help="Runtime (default: from the file type)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, … (backend-specific)."),
+    threads: int | None = typer.Option(None, "--threads"),
+    weights: Path | None = typer.Option(None, "--weights", "-w", help="Checkpoint, when ARTIFACT is a model name."),
+    labels: Path | None = typer.Option(None, "--labels", help="Class names, one per line."),
+    batch: int = typer.Option(8, "--batch", help="Images per inference call."),
+) -> None:
+    """Classify images. A file that cannot be read is reported and skipped; the exit code is then 1."""
+    from tinyvim_deploy.fileio import write_json
+    from tinyvim_deploy.images import collect_images
+    from tinyvim_deploy.predictor import Predictor
+    from tinyvim_deploy.reports import prediction_table
+
+    if batch < 1:
+        raise ArtifactError(f"Batch size must be at least 1, got {batch}.")
+    paths = collect_images(images)
+    if not paths:
+        raise ImageError(f"No image files found in {', '.join(map(str, images))}.")
+    predictor = Predictor(artifact, backend=backend, device=device, threads=threads, weights=weights, labels=labels,
+                          topk=topk)
+    decoded, errors = [], []
+    for path in paths:
+        try:
+            decoded.append(predictor.decode(path))
+        except ImageError as e:
+            errors.append({"source": str(path), "error": str(e)})
+            err_console.print(f"[yellow]skipped:[/] {e}", highlight=False, soft_wrap=True)
+    results = []
+    for start in range(0, len(decoded), batch):
+        chunk = decoded[start : start + batch]
+        logits = predictor.backend.run(predictor.preprocess([rgb for rgb, _ in chunk]))[0]
+        results.extend(predictor.postprocess(logits, [src for _, src in chunk]))
+    for result in results:
+        console.print(prediction_table(result))
+    if json_path:
+        write_json(json_path, {"artifact": str(artifact), "backend": predictor.backend.describe(),
+                               "results": [r.as_dict() for r in results], "errors": errors})
+    predictor.close()
+    if errors:
+        err_console.print(f"{len(errors)} of {len(paths)} files could not be read.")
+        raise typer.Exit(1)
+
+
+@app.command("bench")
+def bench_cmd(
+    artifact: str = typer.Argument("tinyvim-s", help="An exported file or a model name."),
+    compare: str | None = typer.Option(None, "--compare", help="Formats to compare, e.g. torch,onnx (model name)."),
+    backend: str | None = typer.Option(None, "--backend", "-b", help="Runtime (default: from the file type)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, … (backend-specific)."),
+    threads: int | None = typer.Option(None, "--threads"),
+    weights: Path | None = typer.Option(None, "--weights", "-w", help="Checkpoint, for a model name."),
+    batch: int = typer.Option(1, "--batch"),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed runs first."),
+    iterations: int = typer.Option(100, "--iterations", "-n", help="Timed runs (ignored with --duration)."),
+    duration: float | None = typer.Option(None, "--duration", help="Time for this many seconds instead."),
+    images: list[Path] | None = typer.Option(None, "--images", help="Time end to end on these images/folders."),
+    input_size: str | None = typer.Option(None, "--input-size", help="N or HxW, for a model name."),
+    export_dir: Path | None = typer.Option(None, "--export-dir", help="Keep --compare's exports here."),
+    fp16: bool = typer.Option(False, "--fp16", help="torch on CUDA: FP16 autocast."),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="torch on CUDA: capture and replay a CUDA graph."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch: torch.compile the model."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results as JSON here."),
+) -> None:
+    """Latency percentiles, throughput, load time and memory for one artifact, or a table across formats."""
+    import tempfile
+
+    from tinyvim_deploy.environment import environment_report
+    from tinyvim_deploy.fileio import write_json
+    from tinyvim_deploy.images import collect_images
+    from tinyvim_deploy.predictor import Predictor
+    from tinyvim_deploy.profiling import benchmark, compare_formats
+    from tinyvim_deploy.reports import bench_table, compare_table
+
+    decoded = [Predictor.decode(p)[0] for p in collect_images(images)] if images else None
+    if images and not decoded:
+        raise ImageError(f"No image files found in {', '.join(map(str, images))}.")
+    plan = {"batch": batch, "warmup": warmup, "iterations": iterations, "duration": duration, "images": decoded}
+    options = {"fp16": fp16, "cuda_graph": cuda_graph, "compile": compile_model}
+    if not compare:  # load first: a bad artifact is reported before any progress bar is drawn
+        predictor = Predictor(artifact, backend=backend, device=device, threads=threads, weights=weights,
+                              input_size=input_size, **{k: v for k, v in options.items() if v})
+    with _progress() as progress:
+        if compare:
+            formats = [f.strip().lower() for f in compare.split(",") if f.strip()]
+            with tempfile.TemporaryDirectory(prefix="tvdeploy-bench-") as tmp:
+                rows = compare_formats(artifact, formats, weights=weights, workdir=export_dir or tmp, device=device,
+                                       threads=threads, input_size=input_size, on_format=progress, **plan)
+            title = f"{artifact}: {', '.join(formats)} · batch {batch} · {'end to end' if decoded else 'inference'}"
+            console.print(compare_table(rows, title))
+            payload = {"model": artifact, "rows": [r.as_dict() for r in rows]}
+        else:
+            result = benchmark(predictor, progress=progress(str(artifact)), **plan)
+            predictor.close()
+            console.print(bench_table(result))
+            payload = {"result": result.as_dict()}
+    if json_path:
+        write_json(json_path, {"environment": environment_report(), **payload})
+
+
+def _progress():
+    """A transient rich progress bar on stderr; ``progress(label)`` gives a per-run update callback."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+    @contextlib.contextmanager
+    def bars():
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err_console, transient=True) as bar:
+
+            def for_run(label: str):
+                task = bar.add_task(f"timing {label}", total=None)
+                return lambda done, total: bar.update(task, completed=done, total=total)
+
+            yield for_run
+
+    return bars()

@@ -14,13 +14,30 @@ import numpy as np
 
 from tinyvim_deploy.errors import ImageError
 
-__all__ = ["ImageError", "load_image", "to_rgb"]
+__all__ = ["IMAGE_SUFFIXES", "ImageError", "collect_images", "load_image", "to_rgb"]
+
+# What a folder given on the command line is searched for (a file named explicitly is always tried).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm",
+                            ".pnm", ".jp2", ".exr", ".hdr", ".avif"})
+
+
+def collect_images(paths) -> list[Path]:
+    """Files and folders (their image files, sorted, not recursive) -> paths, in the order given."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(p)  # missing files are reported when decoded, with the rest still predicted
+    return found
 
 
 def to_rgb(image: np.ndarray, color: str = "bgr", source: str = "array") -> np.ndarray:
     """Any OpenCV-decoded or user array (H×W, H×W×1/3/4; uint8/uint16/float) -> H×W×3 uint8 RGB."""
     import cv2
 
+    if color not in ("rgb", "bgr"):
+        raise ImageError(f"Unknown color order {color!r}: use 'rgb' or 'bgr'.")
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
         raise ImageError(f"{source}: expected an HxW or HxWxC image array, got "
                          f"{getattr(image, 'shape', type(image).__name__)}.")
@@ -29,7 +46,7 @@ def to_rgb(image: np.ndarray, color: str = "bgr", source: str = "array") -> np.n
     elif image.dtype in (np.float32, np.float64):
         # Float images are taken to be in [0, 1]. Per-pixel only (no global max): OpenCV's float64 TIFF
         # decoder can leave a stray uninitialised pixel, which must not rescale the whole image.
-        image = np.clip(np.nan_to_num(image) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        image = (np.clip(np.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise ImageError(f"{source}: unsupported pixel type {image.dtype}.")
     if image.ndim == 2 or image.shape[2] == 1:

@@ -45,16 +45,26 @@ class Predictor:
     """
 
     def __init__(self, artifact, *, backend: str | None = None, device: str | None = None,
-                 threads: int | None = None, weights=None, labels=None, topk: int = 5):
+                 threads: int | None = None, weights=None, labels=None, topk: int = 5, **backend_options):
+        """``backend_options`` go to the backend (torch: ``input_size``, ``compile``, ``fp16``, ``cuda_graph``)."""
         from tinyvim_deploy.runtimes import load_backend
 
-        options = {"weights": weights} if weights is not None else {}
-        self.backend = load_backend(artifact, backend, device=device, threads=threads, **options)
+        if topk < 1:
+            raise ArtifactError(f"topk must be at least 1, got {topk}.")
+        if weights is not None:
+            backend_options["weights"] = weights
+        self.backend = load_backend(artifact, backend, device=device, threads=threads, **backend_options)
         self.spec = self.backend.spec
-        names = _read_labels(labels) if isinstance(labels, (str, os.PathLike)) else labels
-        names = list(names) if names is not None else list(self.backend.class_names)
-        if len(names) != self.spec.num_classes:
-            names = [str(i) for i in range(self.spec.num_classes)]  # e.g. a fine-tuned head: index labels
+        n = self.spec.num_classes
+        if labels is not None:
+            names = _read_labels(labels) if isinstance(labels, (str, os.PathLike)) else list(labels)
+            if len(names) != n:
+                raise ArtifactError(f"The labels ({labels if isinstance(labels, (str, os.PathLike)) else 'list'}) "
+                                    f"have {len(names)} names but the model has {n} classes.")
+        else:
+            names = list(self.backend.class_names)
+            if len(names) != n:  # e.g. a fine-tuned head with no names recorded: index labels
+                names = [str(i) for i in range(n)]
         self.class_names = names
         self.topk = topk
 
@@ -63,7 +73,9 @@ class Predictor:
         return preprocess(images, self.backend.input_hw, crop_pct=s.crop_pct, interpolation=s.interpolation,
                           mean=s.mean, std=s.std)
 
-    def _to_rgb(self, item, color: str) -> tuple[np.ndarray, str]:
+    @staticmethod
+    def decode(item, color: str = "rgb") -> tuple[np.ndarray, str]:
+        """A path or an array -> (HxWx3 uint8 RGB, a name for it); raises ImageError naming the file."""
         if isinstance(item, (str, os.PathLike)):
             return load_image(item), str(item)
         if isinstance(item, np.ndarray):
@@ -84,7 +96,7 @@ class Predictor:
     def __call__(self, images, *, color: str = "rgb"):
         single = isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3))
         items = [images] if single else list(images)
-        decoded = [self._to_rgb(item, color) for item in items]
+        decoded = [self.decode(item, color) for item in items]
         batch = self.preprocess([rgb for rgb, _ in decoded])
         logits = self.backend.run(batch)[0]
         results = self.postprocess(logits, [src for _, src in decoded])

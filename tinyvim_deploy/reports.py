@@ -1,0 +1,58 @@
+"""Rich tables for what the CLI prints: predictions, one benchmark, a comparison across formats."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from tinyvim_deploy.predictor import ClassificationResult
+from tinyvim_deploy.profiling import BenchResult, FormatRow
+
+
+def _fmt(value, spec: str = ".2f", missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def prediction_table(result: ClassificationResult) -> Group:
+    table = Table()
+    for col, justify in (("rank", "right"), ("class", "right"), ("label", "left"), ("probability", "right")):
+        table.add_column(col, justify=justify)
+    for rank, (index, label, score) in enumerate(zip(result.indices, result.labels, result.scores), start=1):
+        table.add_row(str(rank), str(index), label, f"{score:.4f}")
+    return Group(Text(result.source, style="bold"), table)  # a long path must not wrap inside a title
+
+
+def bench_table(r: BenchResult) -> Group:
+    table = Table()
+    for col in ("stage", "mean", "std", "min", "p50", "p90", "p99", "max"):
+        table.add_column(col + ("" if col == "stage" else " ms"), justify="left" if col == "stage" else "right")
+    rows = [("total" if r.stages else "inference", r.latency), *r.stages.items()]
+    for name, s in rows:
+        table.add_row(name, *(f"{v:.2f}" for v in (s.mean_ms, s.std_ms, s.min_ms, s.p50_ms, s.p90_ms, s.p99_ms,
+                                                   s.max_ms)))
+    title = f"{r.artifact}: {r.backend}, batch {r.batch}, {r.threads} threads, {r.mode}"
+    summary = (f"{r.iterations} runs after {r.warmup} warm-up · {r.throughput_ips:.1f} images/s · "
+               f"load {r.load_s:.2f} s · first inference {r.first_inference_ms:.1f} ms · "
+               f"peak RSS {_fmt(r.peak_rss_mb, '.0f')} MB"
+               + (f" · CUDA peak {r.cuda_peak_mb:.0f} MB" if r.cuda_peak_mb is not None else ""))
+    return Group(Text(title, style="bold"), table, Text(summary))  # long lines must not wrap to the table
+
+
+def compare_table(rows: list[FormatRow], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    columns = ("format", "status", "size MB", "max abs diff", "top-1", "load s", "first ms", "mean ms", "p50 ms",
+               "p90 ms", "p99 ms", "images/s")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("format", "status") else "right")
+    for row in rows:
+        r = row.result
+        lat = r.latency if r else None
+        table.add_row(
+            row.format, "✓" if row.status == "ok" else f"✗ {row.status}", _fmt(row.size_mb, ".1f"),
+            _fmt(row.max_abs_diff, ".1e"), "-" if row.top1_agree is None else ("same" if row.top1_agree else "differs"),
+            _fmt(r and r.load_s), _fmt(r and r.first_inference_ms, ".1f"), _fmt(lat and lat.mean_ms),
+            _fmt(lat and lat.p50_ms), _fmt(lat and lat.p90_ms), _fmt(lat and lat.p99_ms),
+            _fmt(r and r.throughput_ips, ".1f"),
+        )
+    return table
