@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from tinyvim_deploy.errors import (  # noqa: E402
     ArtifactError,
     BackendUnavailableError,
+    CalibrationError,
     CheckpointError,
     CheckpointNotFoundError,
     ExportError,
@@ -44,6 +45,7 @@ __all__ = [
     "Predictor",
     "ArtifactError",
     "BackendUnavailableError",
+    "CalibrationError",
     "CheckpointError",
     "CheckpointNotFoundError",
     "ExportError",

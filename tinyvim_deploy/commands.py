@@ -38,12 +38,22 @@ def export_cmd(
     scan_impl: str = typer.Option("scan", "--scan-impl", help="SelectiveScan body: scan, unrolled or chunked."),
     atol: float = typer.Option(1e-4, "--atol", help="Validation tolerance (max abs diff)."),
     photos: Path | None = typer.Option(None, "--photos", help="Folder of images for validation."),
+    int8: bool = typer.Option(False, "--int8", help="Also write an INT8 QDQ model (needs --calib-data)."),
+    calib_data: Path | None = typer.Option(None, "--calib-data", help="Image folder (class subfolders ok) or list file."),
+    calib_samples: int = typer.Option(256, "--calib-samples", help="Images used for calibration."),
+    calib_method: str = typer.Option("entropy", "--calib-method", help="entropy, minmax or percentile."),
+    int8_profile: str = typer.Option("ort-cpu", "--int8-profile", help="ort-cpu or tensorrt (Q/DQ placement)."),
+    min_agreement: float = typer.Option(0.99, "--min-agreement", help="Top-1 agreement with float to keep."),
+    max_drop: float = typer.Option(1.0, "--max-drop", help="Accuracy drop allowed (points), when labels exist."),
+    holdout: int = typer.Option(256, "--holdout", help="Held-out images for the final INT8 check."),
 ) -> None:
     """Export a model, validate it against PyTorch, and write it only if it passes."""
     from tinyvim_deploy.export.onnx_export import export_onnx
     from tinyvim_deploy.export.validate import print_report
 
     target = target.lower()
+    if int8 and calib_data is None:
+        raise ExportError("--int8 needs calibration images: pass --calib-data DIR (or a list file).")
     if target not in TARGETS:
         raise ExportError(f"Unknown target {target!r}: choose {', '.join(TARGETS)}.")
     if target != "onnx":
@@ -59,6 +69,59 @@ def export_cmd(
     size_mb = result.path.stat().st_size / 1e6
     console.print(f"wrote {result.path} ({size_mb:.1f} MB, {result.node_count} nodes, custom ops: {custom}, "
                   f"simplifier: {result.metadata['simplifier']}) in {result.export_seconds:.1f} s")
+    if int8:
+        _export_int8(result.path, calib_data, samples=calib_samples, method=calib_method, profile=int8_profile,
+                     min_agreement=min_agreement, max_drop=max_drop, holdout=holdout)
+
+
+def _export_int8(float_path: Path, calib_data: Path, **options) -> None:
+    from tinyvim_deploy.calibration.int8 import quantize_onnx
+    from tinyvim_deploy.reports import agreement_table, sensitivity_table
+
+    with err_console.status("INT8") as status:
+        result = quantize_onnx(float_path, calib_data, on_step=lambda step: status.update(f"INT8: {step}"), **options)
+    budget = result.budget
+    console.print(sensitivity_table(budget))
+    rows = [("float vs int8, calibration images", budget.final)]
+    if result.holdout is not None:
+        rows.append(("float vs int8, held-out images", result.holdout))
+    console.print(agreement_table(rows, f"{result.path.name} ({result.method}, {result.profile})"))
+    if result.holdout is None:
+        console.print("[yellow]note:[/] no images were left for a held-out check; pass more images or fewer "
+                      "--calib-samples, or run `tvdeploy compare` on other images.")
+    size, float_size = result.path.stat().st_size / 1e6, float_path.stat().st_size / 1e6
+    console.print(f"wrote {result.path} ({size:.1f} MB, {float_size / size:.1f}× smaller than float; "
+                  f"{len(budget.float_groups)} of {len(budget.groups)} groups kept in float; ranges "
+                  f"{'reused from' if result.cache_hit else 'cached in'} {result.cache_path.name}; TensorRT "
+                  f"calibration table {result.trt_table_path.name}) in {result.seconds:.1f} s")
+    if not budget.met:
+        raise ValidationError(f"INT8 could not meet the budget even with every group in float: {result.path}.")
+
+
+@app.command("compare")
+def compare_cmd(
+    reference: Path = typer.Argument(..., help="The float .onnx file."),
+    candidate: Path = typer.Argument(..., help="The quantized (or otherwise converted) .onnx file."),
+    data: Path = typer.Option(..., "--data", help="Image folder (class subfolders give accuracy) or list file."),
+    samples: int = typer.Option(500, "--samples", help="Images to compare on (seeded shuffle)."),
+    seed: int = typer.Option(0, "--seed"),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results as JSON here."),
+) -> None:
+    """Top-1/top-5 agreement, logit cosine, accuracy and its drop between two ONNX classifiers."""
+    from tinyvim_deploy.calibration.compare import agreement, run_onnx
+    from tinyvim_deploy.calibration.data import load_calibration_set
+    from tinyvim_deploy.export.metadata import load_onnx_file, read_metadata, spec_from_metadata
+    from tinyvim_deploy.fileio import write_json
+    from tinyvim_deploy.reports import agreement_table
+
+    spec, hw = spec_from_metadata(read_metadata(load_onnx_file(reference)), str(reference))
+    load_onnx_file(candidate)  # a clear error for a bad second file before reading images
+    images = load_calibration_set(data, spec, hw, samples=samples, seed=seed, quiet=True)
+    result = agreement(run_onnx(reference, images.tensors), run_onnx(candidate, images.tensors), images.labels)
+    console.print(agreement_table([(f"{reference.name} vs {candidate.name}", result)], f"compare on {data}"))
+    if json_path:
+        write_json(json_path, {"reference": str(reference), "candidate": str(candidate), "data": str(data),
+                               **result.as_dict()})
 
 
 @app.command("validate")

@@ -57,3 +57,7 @@ class ImageError(TinyViMDeployError, ValueError):
 
 class BackendUnavailableError(TinyViMDeployError, ImportError):
     """A runtime backend whose library is not installed or cannot run here."""
+
+
+class CalibrationError(TinyViMDeployError, ValueError):
+    """Calibration data missing, empty or unreadable; or quantization could not meet its budget."""

@@ -56,3 +56,31 @@ def compare_table(rows: list[FormatRow], title: str) -> Table:
             _fmt(r and r.throughput_ips, ".1f"),
         )
     return table
+
+
+def sensitivity_table(budget) -> Table:
+    """Per layer group: error when quantized alone, and whether it stays INT8 or goes back to float."""
+    table = Table(title="INT8 sensitivity (each group quantized alone) and decision", title_justify="left")
+    for col in ("group", "nodes", "rel. logit error", "top-1 agreement", "decision"):
+        table.add_column(col, justify="left" if col in ("group", "decision") else "right")
+    for g in budget.groups:
+        table.add_row(g.name, str(len(g.nodes)), f"{g.relative_error:.2e}", f"{g.top1_agreement:.3f}",
+                      "[yellow]float[/]" if g.decision == "float" else "int8")
+    steps = [f"all int8 → top-1 agreement {budget.steps[0][1].top1_agreement:.4f}"]
+    steps += [f"+ {name} in float → {a.top1_agreement:.4f}" for name, a in budget.steps[1:]]
+    table.caption = "budget search on the calibration images: " + "; ".join(steps)
+    table.caption_justify = "left"
+    return table
+
+
+def agreement_table(rows, title: str) -> Table:
+    """One row per comparison (name, Agreement): agreement, cosine, accuracy and drop."""
+    table = Table(title=title, title_justify="left")
+    for col in ("compared", "images", "top-1 agreement", "top-5 agreement", "logit cosine", "max abs diff",
+                "float acc.", "int8 acc.", "drop (points)"):
+        table.add_column(col, justify="left" if col == "compared" else "right")
+    for name, a in rows:
+        table.add_row(name, str(a.n), f"{a.top1_agreement:.4f}", f"{a.top5_agreement:.4f}", f"{a.cosine:.5f}",
+                      f"{a.max_abs_diff:.2e}", _fmt(a.float_accuracy and 100 * a.float_accuracy, ".2f"),
+                      _fmt(a.quant_accuracy and 100 * a.quant_accuracy, ".2f"), _fmt(a.accuracy_drop, "+.2f"))
+    return table
