@@ -93,13 +93,15 @@ def linear_recurrence(a: Tensor, b: Tensor) -> Tensor:
     a = a.reshape(bs, ch, n, T, N)
     b = b.reshape(bs, ch, n, T, N)
 
-    h = b[:, :, :, 0]
-    local = [h]
+    h, p = b[:, :, :, 0], a[:, :, :, 0]
+    local, prods = [h], [p]
     for t in range(1, T):
         h = a[:, :, :, t] * h + b[:, :, :, t]
+        p = p * a[:, :, :, t]  # a cumprod, written out: coremltools lowers cumprod to scatter ops (CPU only)
         local.append(h)
+        prods.append(p)
     h_local = torch.stack(local, dim=3)  # states as if every chunk started from zero
-    decay = torch.cumprod(a, dim=3)  # product of decays from the chunk start up to t
+    decay = torch.stack(prods, dim=3)  # product of decays from the chunk start up to t
 
     carry = h_local.new_zeros(bs, ch, N)
     carries = [carry]

@@ -12,9 +12,10 @@ from tinyvim_deploy.runtimes.base import Backend, TensorInfo
 BACKENDS = {
     "onnxruntime": "tinyvim_deploy.runtimes.onnxruntime:OnnxRuntimeBackend",
     "torch": "tinyvim_deploy.runtimes.torch:TorchBackend",
+    "coreml": "tinyvim_deploy.runtimes.coreml:CoreMLBackend",
 }
 ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "pytorch": "torch"}
-SUFFIXES = {".onnx": "onnxruntime"}
+SUFFIXES = {".onnx": "onnxruntime", ".mlpackage": "coreml"}
 
 
 def backend_class(name: str) -> type[Backend]:

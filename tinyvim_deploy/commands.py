@@ -46,6 +46,8 @@ def export_cmd(
     min_agreement: float = typer.Option(0.99, "--min-agreement", help="Top-1 agreement with float to keep."),
     max_drop: float = typer.Option(1.0, "--max-drop", help="Accuracy drop allowed (points), when labels exist."),
     holdout: int = typer.Option(256, "--holdout", help="Held-out images for the final INT8 check."),
+    coreml_precision: str = typer.Option("fp16", "--coreml-precision", help="Core ML compute precision: fp16 or fp32."),
+    int8_weights: bool = typer.Option(False, "--int8-weights", help="Core ML: INT8 per-channel weights (≈2× smaller)."),
 ) -> None:
     """Export a model, validate it against PyTorch, and write it only if it passes."""
     from tinyvim_deploy.export.onnx_export import export_onnx
@@ -56,8 +58,12 @@ def export_cmd(
         raise ExportError("--int8 needs calibration images: pass --calib-data DIR (or a list file).")
     if target not in TARGETS:
         raise ExportError(f"Unknown target {target!r}: choose {', '.join(TARGETS)}.")
-    if target != "onnx":
-        raise ExportError(f"Target {target!r} is not implemented yet (issue 6); export to onnx and convert it.")
+    if target == "trt":
+        _require_tensorrt()
+        raise ExportError("TensorRT engine building is not implemented yet; export to onnx and build with trtexec.")
+    if target == "coreml":
+        _export_coreml(model, weights, output, input_size, coreml_precision, int8_weights)
+        return
     result = export_onnx(
         model, weights=weights, output=output, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
         opset=opset, simplify_graph=not no_simplify, inline=inline_custom_ops, scan_impl=scan_impl, atol=atol,
@@ -72,6 +78,29 @@ def export_cmd(
     if int8:
         _export_int8(result.path, calib_data, samples=calib_samples, method=calib_method, profile=int8_profile,
                      min_agreement=min_agreement, max_drop=max_drop, holdout=holdout)
+
+
+def _require_tensorrt() -> None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        raise ExportError("TensorRT is not installed here (nothing was written): on Jetson it comes with JetPack "
+                          "(python3-libnvinfer); on x86 with an NVIDIA GPU: pip install tensorrt (NVIDIA's index)."
+                          ) from None
+
+
+def _export_coreml(model, weights, output, input_size, precision: str, int8_weights: bool) -> None:
+    from tinyvim_deploy.export.coreml_export import export_coreml
+
+    with err_console.status("converting to Core ML"):
+        r = export_coreml(model, weights=weights, output=output, input_size=input_size, precision=precision,
+                          weights_int8=int8_weights)
+    ops = sum(r.op_counts.values())
+    flagged = ", ".join(f"{k}×{v}" for k, v in r.flagged_ops.items()) or "none"
+    console.print(f"stem-folded normalisation vs PyTorch: max abs diff {r.fold_max_abs_diff:.1e} (Core ML itself "
+                  "cannot predict on Linux: validate on a Mac with `tvdeploy bench`/`predict`)")
+    console.print(f"wrote {r.path} ({r.size_mb:.1f} MB, {r.precision}{', int8 weights' if r.weights_int8 else ''}, "
+                  f"{ops} ops; ops the Neural Engine does not run: {flagged}) in {r.seconds:.1f} s")
 
 
 def _export_int8(float_path: Path, calib_data: Path, **options) -> None:

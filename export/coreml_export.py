@@ -1,0 +1,185 @@
+"""Core ML packages (``.mlpackage``, ML Program) for iPhone/Mac, through ``torch.export`` + coremltools.
+
+Recipe (measured in shared notes/toolchain.md §5/§8):
+- the reparameterized model, scan and Laplace ops in their pure-PyTorch form (no custom ops);
+- ``torch.export(...).run_decompositions({})`` then ``ct.convert`` (tracing breaks with torch 2.13);
+- an ``ImageType`` input: Core ML applies one scalar scale and a per-channel bias, so the pixels are
+  mapped to ``x/255 - mean`` there and the per-channel ``1/std`` is folded into the stem conv
+  (exact: zero padding stays zero);
+- a ``ClassifierConfig`` with the class names; author/licence/version/description metadata and our
+  ``tinyvim_deploy.*`` metadata in ``user_defined_metadata``;
+- compute precision FP16 (default) or FP32; optional INT8 weights (per-channel linear symmetric).
+
+Core ML cannot predict on Linux, so the export is checked here by the folding's exactness against
+the PyTorch model, by the program's op list, and by the package's input/output description.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from tinyvim_deploy.errors import BackendUnavailableError, ExportError
+
+# Ops that the Neural Engine does not run (Core ML moves them, and often their neighbours, to the
+# CPU). Reported after conversion so that a user knows before profiling in Xcode.
+NOT_ON_NEURAL_ENGINE = frozenset({"scatter", "scatter_nd", "scatter_along_axis", "gather_nd", "while_loop", "cond",
+                                  "cumsum", "non_zero"})
+PRECISIONS = ("fp16", "fp32")
+
+
+@dataclasses.dataclass
+class CoreMLExportResult:
+    path: Path
+    precision: str
+    weights_int8: bool
+    size_mb: float
+    op_counts: dict[str, int]
+    flagged_ops: dict[str, int]  # ops from NOT_ON_NEURAL_ENGINE found in the program
+    fold_max_abs_diff: float  # stem-folded model vs the original, same input (PyTorch)
+    seconds: float
+
+
+def import_coremltools():
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "torch version not tested", no native lib on Linux
+            import coremltools as ct
+    except ImportError:
+        raise BackendUnavailableError(
+            "coremltools is not installed: pip install 'tinyvim-deploy[coreml]' (Linux converts; macOS also predicts)."
+        ) from None
+    _register_missing_ops()
+    return ct
+
+
+def _register_missing_ops() -> None:
+    """``aten.alias`` (left by run_decompositions) has no coremltools translation: it is an identity."""
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY, register_torch_op
+
+    if "alias" in _TORCH_OPS_REGISTRY:
+        return
+
+    def alias(context, node):
+        context.add(_get_inputs(context, node, expected=1)[0], node.name)
+
+    register_torch_op(alias)
+
+
+def fold_input_std(model: torch.nn.Module, std) -> torch.nn.Module:
+    """Divide the first 3-channel conv's weights by the per-channel std (Core ML has one scalar scale)."""
+    stem = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels == 3), None)
+    if stem is None:
+        raise ExportError("No 3-channel stem convolution to fold the input normalisation into.")
+    with torch.no_grad():
+        stem.weight.div_(torch.tensor(std, dtype=stem.weight.dtype).view(1, 3, 1, 1))
+    return model
+
+
+def export_coreml(model_name: str, *, weights=None, output=None, input_size=None, precision: str = "fp16",
+                  weights_int8: bool = False, minimum_target: str = "iOS16") -> CoreMLExportResult:
+    import copy
+
+    import tinyvim_deploy
+    from tinyvim_deploy.export.metadata import build_metadata
+    from tinyvim_deploy.models import check_input_size, create_model, parse_input_size, reparameterize
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"Unknown Core ML precision {precision!r}: choose {', '.join(PRECISIONS)}.")
+    ct = import_coremltools()
+    t0 = time.perf_counter()
+    model = create_model(model_name, weights=weights)
+    spec = model.spec
+    hw = parse_input_size(input_size, tuple(spec.input_size[1:]))
+    check_input_size(*hw, spec.size_multiple)
+    if spec.task != "classification":
+        raise ExportError(f"Core ML export supports classifiers for now; {model_name} is {spec.task}.")
+    deploy = reparameterize(model)
+    folded = fold_input_std(copy.deepcopy(deploy), spec.std)
+
+    # Exactness of the folding, in PyTorch (Core ML itself cannot run here).
+    x = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(0))
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        fold_diff = float((deploy(x / std) - folded(x)).abs().max())
+
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.export.export(folded, (x,)).run_decompositions({})
+        mean = [float(m) for m in spec.mean]
+        mlmodel = ct.convert(
+            program,
+            inputs=[ct.ImageType(name="image", shape=(1, 3, *hw), scale=1 / 255.0, bias=[-m for m in mean],
+                                 color_layout=ct.colorlayout.RGB)],
+            classifier_config=ct.ClassifierConfig(list(spec.class_names)),
+            convert_to="mlprogram",
+            minimum_deployment_target=getattr(ct.target, minimum_target),
+            compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+        )
+        if weights_int8:
+            from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
+
+            config = OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
+                                                                              granularity="per_channel"))
+            mlmodel = linear_quantize_weights(mlmodel, config=config)
+
+    mlmodel.author = "tinyvim-deploy"
+    mlmodel.license = "See the model's checkpoint licence."
+    mlmodel.version = tinyvim_deploy.__version__
+    mlmodel.short_description = (f"{model_name} image classifier, {hw[0]}x{hw[1]}, {precision}"
+                                 + (", int8 weights" if weights_int8 else ""))
+    meta = build_metadata(spec, input_hw=hw, batch=1, opset=0, scan_impl="pytorch", custom_ops="none",
+                          weights_sha256=model.checkpoint.sha256 if model.checkpoint else "none (random init)",
+                          torch_version=torch.__version__, toolkit_version=tinyvim_deploy.__version__)
+    meta.pop("opset")  # no ONNX here
+    meta.update({"precision": precision, "weights": "int8" if weights_int8 else precision,
+                 "input_normalisation": "ImageType scale 1/255, bias -mean; 1/std folded into the stem conv"})
+    mlmodel.user_defined_metadata.update({f"tinyvim_deploy.{k}": str(v) for k, v in meta.items()})
+
+    default = f"{model_name}_{hw[0]}x{hw[1]}_{precision}" + ("_w8" if weights_int8 else "") + ".mlpackage"
+    path = Path(output) if output else Path(default)
+    if path.suffix != ".mlpackage":
+        raise ExportError(f"A Core ML ML Program is a .mlpackage folder: {path} has another suffix.")
+    _save_package_atomically(mlmodel, path)
+    ops = _op_counts(mlmodel)
+    return CoreMLExportResult(path, precision, weights_int8, _folder_mb(path), ops,
+                              {k: v for k, v in ops.items() if k in NOT_ON_NEURAL_ENGINE}, fold_diff,
+                              time.perf_counter() - t0)
+
+
+def _op_counts(mlmodel) -> dict[str, int]:
+    import collections
+
+    counts = collections.Counter(op.op_type for f in mlmodel._mil_program.functions.values() for op in f.operations
+                                 if op.op_type != "const")
+    return dict(counts.most_common())
+
+
+def _folder_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+def _save_package_atomically(mlmodel, path: Path) -> None:
+    """A package is a folder: save to a temporary sibling, then swap it in (the old one removed last)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staged = tmp / path.name
+    try:
+        mlmodel.save(str(staged))
+        old = None
+        if path.exists():
+            old = tmp / "previous"
+            os.replace(path, old)
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,69 @@
+"""Core ML export (coremltools; conversion runs on Linux, prediction needs macOS)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import tinyvim_deploy as tv
+from tests.conftest import TRAIN_LAYOUT, need_shared, tvdeploy
+
+ct = pytest.importorskip("coremltools", reason="coremltools not installed (pip install '.[coreml]')")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    from tinyvim_deploy.export.coreml_export import export_coreml
+
+    need_shared()
+    root = tmp_path_factory.mktemp("coreml")
+    return {
+        "fp16": export_coreml("tinyvim-s", weights=TRAIN_LAYOUT, output=root / "s_fp16.mlpackage"),
+        "w8": export_coreml("tinyvim-s", weights=TRAIN_LAYOUT, output=root / "s_w8.mlpackage", weights_int8=True),
+    }
+
+
+def test_package_is_an_image_classifier_with_labels_and_metadata(packages):
+    spec = ct.models.MLModel(str(packages["fp16"].path), skip_model_load=True).get_spec()
+    (image,) = spec.description.input
+    assert image.name == "image" and image.type.WhichOneof("Type") == "imageType"
+    assert (image.type.imageType.width, image.type.imageType.height) == (224, 224)
+    assert spec.description.predictedFeatureName == "classLabel"
+    assert [o.name for o in spec.description.output] == ["classLabel", "classLabel_probs"]
+    assert packages["fp16"].op_counts.get("classify") == 1  # the ClassifierConfig's labels live in this op
+    user = dict(spec.description.metadata.userDefined)
+    assert user["tinyvim_deploy.model"] == "tinyvim-s" and user["tinyvim_deploy.crop_pct"] == "0.875"
+    assert spec.description.metadata.author == "tinyvim-deploy" and spec.description.metadata.versionString
+
+
+def test_normalisation_folding_is_exact_and_no_cpu_only_ops(packages):
+    for result in packages.values():
+        assert result.fold_max_abs_diff < 1e-4
+        assert result.flagged_ops == {}  # no scatter/gather_nd/while_loop: nothing that pins the ANE to CPU
+        assert result.op_counts["conv"] == 88 and "layer_norm" in result.op_counts
+
+
+def test_int8_weights_halve_the_package(packages):
+    ratio = packages["fp16"].size_mb / packages["w8"].size_mb
+    assert 1.7 < ratio < 2.3
+    assert "constexpr_affine_dequantize" in packages["w8"].op_counts or "constexpr_blockwise_shift_scale" in \
+        packages["w8"].op_counts
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS can predict")
+def test_predicting_on_linux_is_a_clear_error(packages):
+    with pytest.raises(tv.BackendUnavailableError, match="macOS"):
+        tv.Predictor(packages["fp16"].path)
+
+
+def test_cli_targets(tmp_path):
+    r = tvdeploy("export", "--model", "tinyvim-s", "--target", "trt", "-o", tmp_path / "s.engine")
+    assert r.returncode == 2 and "TensorRT is not installed" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+    r = tvdeploy("export", "--model", "tinyvim-s", "--target", "coreml", "--coreml-precision", "fp32",
+                 "-o", tmp_path / "s.mlpackage")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "s.mlpackage" / "Manifest.json").is_file() and "fp32" in r.stdout
