@@ -57,3 +57,10 @@ def test_scan_is_traceable_by_torch_export():
     args = _case(49, batch=1)
     program = torch.export.export(Scan(), args)
     assert torch.allclose(program.module()(*args), selective_scan_ref(*args), atol=1e-5)
+
+
+def test_the_export_form_of_the_decay_product_equals_cumprod():
+    from tinyvim_deploy.models.ops import _cumprod_steps
+
+    a = torch.rand(2, 3, 4, 7, 5)
+    assert torch.allclose(_cumprod_steps(a), torch.cumprod(a, dim=3), rtol=1e-6, atol=0)
