@@ -67,3 +67,16 @@ def test_cli_targets(tmp_path):
                  "-o", tmp_path / "s.mlpackage")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "s.mlpackage" / "Manifest.json").is_file() and "fp32" in r.stdout
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS can run the Core ML row")
+def test_compare_lists_coreml_with_its_size_and_why_it_cannot_run_here(tmp_path):
+    import json
+
+    r = tvdeploy("bench", "tinyvim-s", "--compare", "onnx,coreml", "-n", "2", "--warmup", "0", "--export-dir", tmp_path,
+                 "--json", tmp_path / "c.json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["format"]: row for row in json.loads((tmp_path / "c.json").read_text())["rows"]}
+    assert rows["onnx"]["status"] == "ok" and rows["onnx"]["max_abs_diff"] < 1e-4  # same random weights for all
+    assert rows["coreml"]["status"].startswith("unavailable") and "macOS" in rows["coreml"]["status"]
+    assert 10 < rows["coreml"]["size_mb"] < 16 and "✗" in r.stdout

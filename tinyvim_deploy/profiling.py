@@ -188,11 +188,22 @@ def _prepare_onnx(model_name, weights, workdir, *, batch, input_size, **_):
     return str(result.path), result.path.stat().st_size / 1e6
 
 
-# format -> (backend name, preparer returning (artifact, size MB)). New formats (int8, trt, coreml)
+def _prepare_coreml(model_name, weights, workdir, *, batch, input_size, **_):
+    from tinyvim_deploy.export.coreml_export import export_coreml
+
+    if batch != 1:
+        raise TinyViMDeployError("Core ML packages are exported for batch 1.")
+    result = export_coreml(model_name, weights=weights, output=Path(workdir) / f"{model_name}.mlpackage",
+                           input_size=input_size)
+    return str(result.path), result.size_mb
+
+
+# format -> (backend name, preparer returning (artifact, size MB)). New formats (int8, trt)
 # register here and the compare table picks them up.
 FORMATS: dict[str, tuple[str, Callable]] = {
     "torch": ("torch", _prepare_torch),
     "onnx": ("onnxruntime", _prepare_onnx),
+    "coreml": ("coreml", _prepare_coreml),
 }
 
 
@@ -216,15 +227,19 @@ def compare_formats(model_name: str, formats: Sequence[str], *, weights=None, wo
         raise TinyViMDeployError(f"Unknown format {unknown[0]!r} for --compare: choose {', '.join(FORMATS)}.")
     os.makedirs(workdir, exist_ok=True)
     reference_model = create_model(model_name, weights=weights)  # unfused eager: the official answer
+    if weights is None:  # every format must get the same (random) weights, or parity means nothing
+        weights = Path(workdir) / f"{model_name}_random_init.pth"
+        torch.save({"model": reference_model.state_dict()}, weights)
     rows, reference_x, reference_y = [], None, None
     for fmt in formats:
         backend_name, prepare = FORMATS[fmt]
+        artifact, size_mb = "", None
         try:
             artifact, size_mb = prepare(model_name, weights, workdir, batch=batch, input_size=input_size)
             predictor = Predictor(artifact, backend=backend_name, device=device, threads=threads,
                                   weights=weights, input_size=input_size)
-        except TinyViMDeployError as e:
-            rows.append(FormatRow(fmt, f"unavailable: {e}"))
+        except TinyViMDeployError as e:  # keep what was made (file, size) even when it cannot run here
+            rows.append(FormatRow(fmt, f"unavailable: {e}", str(artifact), size_mb))
             continue
         if reference_x is None:
             if images:
