@@ -7,17 +7,6 @@ import time
 from collections.abc import Callable
 
 
-def median_ms(fn: Callable[[], object], runs: int = 50, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int = 50, warmup: int = 5) -> dict[str, float]:
     """Median latency of each callable, runs interleaved so that machine noise hits all alike."""
     for fn in fns.values():

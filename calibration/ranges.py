@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -23,7 +22,7 @@ import numpy as np
 
 from tinyvim_deploy.calibration.data import CalibrationSet
 from tinyvim_deploy.errors import CalibrationError
-from tinyvim_deploy.fileio import atomic_output, write_json
+from tinyvim_deploy.fileio import atomic_output, file_sha256, write_json
 
 # Only these ops get Q/DQ (their activations, per-channel weights). Everything else — the tinyvim
 # scan and Laplace ops (and their function bodies), Softmax, LayerNorm, GELU, Einsum projections,
@@ -31,14 +30,6 @@ from tinyvim_deploy.fileio import atomic_output, write_json
 QUANTIZED_OP_TYPES = ("Conv", "Gemm", "MatMul")
 METHODS = ("minmax", "entropy", "percentile")
 CACHE_FORMAT = 1
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +102,7 @@ def compute_ranges(float_path, data: CalibrationSet, method: str, *, progress=No
     """
     import onnx
     from onnxruntime.quantization import create_calibrator
+    from onnxruntime.quantization.calibrate import CalibrationCacheEncoder
 
     input_name = onnx.load(str(float_path), load_external_data=False).graph.input[0].name
     reader = _Reader(input_name, data, progress)
@@ -125,13 +117,7 @@ def compute_ranges(float_path, data: CalibrationSet, method: str, *, progress=No
             calibrator.collect_data(reader)
         payload = calibrator.compute_data().to_dict()
     payload["smooth_quant"] = False  # what onnxruntime's own cache loader expects
-    return json.loads(json.dumps(payload, cls=_encoder()))
-
-
-def _encoder():
-    from onnxruntime.quantization.calibrate import CalibrationCacheEncoder
-
-    return CalibrationCacheEncoder
+    return json.loads(json.dumps(payload, cls=CalibrationCacheEncoder))  # NumPy values -> plain JSON
 
 
 def load_cached_ranges(path, key: RangesKey) -> dict | None:

@@ -176,10 +176,8 @@ def _save_package_atomically(mlmodel, path: Path) -> None:
     staged = tmp / path.name
     try:
         mlmodel.save(str(staged))
-        old = None
-        if path.exists():
-            old = tmp / "previous"
-            os.replace(path, old)
+        if path.exists():  # moved into the temporary folder, deleted with it below
+            os.replace(path, tmp / "previous")
         os.replace(staged, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

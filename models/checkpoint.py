@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import os
 import pickle
 import zipfile
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from tinyvim_deploy.errors import CheckpointError, CheckpointNotFoundError
+from tinyvim_deploy.fileio import file_sha256
 
 # Container keys tried in order. 'model' wins over 'model_ema' (the official eval uses 'model').
 CONTAINER_KEYS = ("model", "state_dict", "model_ema", "module")
@@ -34,14 +34,6 @@ class Checkpoint:
     sha256: str
     source: str  # which container key the weights came from ("<root>" for a bare state_dict)
     notes: list[str] = dataclasses.field(default_factory=list)  # what was done, for the user
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_state_dict(obj) -> bool:
@@ -95,7 +87,7 @@ def load_checkpoint(path: str | os.PathLike, *, use_ema: bool = False) -> Checkp
     if all(k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
         notes.append("stripped the 'module.' prefix")
-    return Checkpoint(dict(state_dict), path, _sha256(path), source, notes)
+    return Checkpoint(dict(state_dict), path, file_sha256(path), source, notes)
 
 
 @cache

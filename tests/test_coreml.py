@@ -47,10 +47,12 @@ def test_normalisation_folding_is_exact_and_no_cpu_only_ops(packages):
 
 
 def test_int8_weights_halve_the_package(packages):
-    ratio = packages["fp16"].size_mb / packages["w8"].size_mb
-    assert 1.7 < ratio < 2.3
-    assert "constexpr_affine_dequantize" in packages["w8"].op_counts or "constexpr_blockwise_shift_scale" in \
-        packages["w8"].op_counts
+    dequant = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
+    int8_tensors = sum(packages["w8"].op_counts.get(op, 0) for op in dequant)
+    assert sum(packages["fp16"].op_counts.get(op, 0) for op in dequant) == 0
+    assert int8_tensors >= 60  # the conv/linear weights (coremltools skips tensors under 2048 elements)
+    # fp16 weights are 2 bytes, int8 ones 1 byte: the package halves, give or take scales and small tensors
+    assert packages["w8"].size_mb < 0.6 * packages["fp16"].size_mb
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS can predict")

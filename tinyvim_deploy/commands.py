@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -217,11 +218,7 @@ def predict_cmd(
         except ImageError as e:
             errors.append({"source": str(path), "error": str(e)})
             err_console.print(f"[yellow]skipped:[/] {e}", highlight=False, soft_wrap=True)
-    results = []
-    for start in range(0, len(decoded), batch):
-        chunk = decoded[start : start + batch]
-        logits = predictor.backend.run(predictor.preprocess([rgb for rgb, _ in chunk]))[0]
-        results.extend(predictor.postprocess(logits, [src for _, src in chunk]))
+    results = predictor.classify(decoded, batch_size=batch)
     for result in results:
         console.print(prediction_table(result))
     if json_path:
@@ -289,22 +286,16 @@ def bench_cmd(
         write_json(json_path, {"environment": environment_report(), **payload})
 
 
+@contextlib.contextmanager
 def _progress():
-    """A transient rich progress bar on stderr; ``progress(label)`` gives a per-run update callback."""
-    import contextlib
-
+    """A transient rich progress bar on stderr; yields ``for_run(label)`` -> a per-run update callback."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
 
-    @contextlib.contextmanager
-    def bars():
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err_console, transient=True) as bar:
+        def for_run(label: str):
+            task = bar.add_task(f"timing {label}", total=None)
+            return lambda done, total: bar.update(task, completed=done, total=total)
 
-            def for_run(label: str):
-                task = bar.add_task(f"timing {label}", total=None)
-                return lambda done, total: bar.update(task, completed=done, total=total)
-
-            yield for_run
-
-    return bars()
+        yield for_run

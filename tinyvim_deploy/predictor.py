@@ -96,11 +96,19 @@ class Predictor:
     def __call__(self, images, *, color: str = "rgb"):
         single = isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3))
         items = [images] if single else list(images)
-        decoded = [self.decode(item, color) for item in items]
-        batch = self.preprocess([rgb for rgb, _ in decoded])
-        logits = self.backend.run(batch)[0]
-        results = self.postprocess(logits, [src for _, src in decoded])
+        results = self.classify([self.decode(item, color) for item in items])
         return results[0] if single else results
+
+    def classify(self, decoded: Sequence[tuple[np.ndarray, str]], batch_size: int | None = None
+                 ) -> list[ClassificationResult]:
+        """Results for decoded (RGB, name) pairs, ``batch_size`` images per inference call (all at once if None)."""
+        step = batch_size or max(1, len(decoded))
+        results: list[ClassificationResult] = []
+        for start in range(0, len(decoded), step):
+            chunk = decoded[start : start + step]
+            logits = self.backend.run(self.preprocess([rgb for rgb, _ in chunk]))[0]
+            results.extend(self.postprocess(logits, [src for _, src in chunk]))
+        return results
 
     def close(self) -> None:
         self.backend.close()

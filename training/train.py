@@ -58,13 +58,6 @@ def train_classifier(
     return history
 
 
-@torch.inference_mode()
-def predict_logits(model: nn.Module, tensors: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    model.eval()
-    return np.concatenate([model(torch.from_numpy(tensors[i : i + batch_size])).numpy()
-                           for i in range(0, len(tensors), batch_size)])
-
-
 def train_synthetic_classifier(model_name: str = "tinyvim-s", *, per_class: int = 100, epochs: int = 6,
                                size: int = 128, seed: int = 0, lr: float = 3e-3, device: str = "cpu",
                                progress: Callable[[int, float], None] | None = None):
