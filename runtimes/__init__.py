@@ -13,9 +13,10 @@ BACKENDS = {
     "onnxruntime": "tinyvim_deploy.runtimes.onnxruntime:OnnxRuntimeBackend",
     "torch": "tinyvim_deploy.runtimes.torch:TorchBackend",
     "coreml": "tinyvim_deploy.runtimes.coreml:CoreMLBackend",
+    "tensorrt": "tinyvim_deploy.runtimes.tensorrt:TensorRTBackend",
 }
-ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "pytorch": "torch"}
-SUFFIXES = {".onnx": "onnxruntime", ".mlpackage": "coreml"}
+ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "pytorch": "torch", "trt": "tensorrt"}
+SUFFIXES = {".onnx": "onnxruntime", ".mlpackage": "coreml", ".engine": "tensorrt", ".plan": "tensorrt"}
 
 
 def backend_class(name: str) -> type[Backend]:

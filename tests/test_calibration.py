@@ -16,6 +16,7 @@ from tinyvim_deploy.calibration.data import list_images, load_calibration_set
 from tinyvim_deploy.calibration.quantize import PROFILES, module_group, quantizable_groups, quantize_with_ranges
 from tinyvim_deploy.calibration.ranges import METHODS, RangesKey, get_ranges, load_cached_ranges, tensor_ranges
 from tinyvim_deploy.export.onnx_export import export_onnx
+from tinyvim_deploy.export.tensorrt_check import check_onnx
 from tinyvim_deploy.training.synthetic import CLASSES, make_dataset, write_image_folder
 
 SPEC = tv.get_spec("tinyvim-s")
@@ -145,6 +146,8 @@ def test_each_method_gives_a_runnable_qdq_model_with_custom_ops_untouched(small_
         if profile.name == "tensorrt":  # symmetric: every activation zero point is 0
             zps = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer if "zero_point" in i.name}
             assert zps and all((z == 0).all() for z in zps.values())
+        # TensorRT's parser takes the tensorrt profile only (it needs zero points of 0)
+        assert check_onnx(q, "10.15").supported == (profile.name == "tensorrt")
         y = run_onnx(out, calib.tensors[:4])
         assert y.shape == (4, 1000) and np.isfinite(y).all()
 

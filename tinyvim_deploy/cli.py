@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+import rich.markup
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -83,5 +84,5 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="tvdeploy")  # standalone: click reports usage errors with exit 2
     except TinyViMDeployError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {rich.markup.escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)

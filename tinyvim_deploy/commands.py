@@ -28,7 +28,7 @@ def default_photos_dir() -> Path | None:
 def export_cmd(
     model: str = typer.Option("tinyvim-s", "--model", "-m", help="Model name (see `tvdeploy models`)."),
     weights: Path | None = typer.Option(None, "--weights", "-w", help="Official checkpoint (any layout)."),
-    target: str = typer.Option("onnx", "--target", "-t", help="onnx (trt and coreml: see README)."),
+    target: str = typer.Option("onnx", "--target", "-t", help="onnx, trt (TensorRT engine) or coreml."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Output file (default from model and size)."),
     input_size: str | None = typer.Option(None, "--input-size", help="N or HxW, multiples of 32."),
     batch: int = typer.Option(1, "--batch", help="Static batch size."),
@@ -49,6 +49,15 @@ def export_cmd(
     holdout: int = typer.Option(256, "--holdout", help="Held-out images for the final INT8 check."),
     coreml_precision: str = typer.Option("fp16", "--coreml-precision", help="Core ML compute precision: fp16 or fp32."),
     int8_weights: bool = typer.Option(False, "--int8-weights", help="Core ML: INT8 per-channel weights (≈2× smaller)."),
+    precision: str = typer.Option("fp16", "--precision", help="TensorRT: fp32, fp16 (scan kept FP32) or int8 (Q/DQ)."),
+    batch_profile: str | None = typer.Option(None, "--batch-profile", help="TensorRT, with --dynamic-batch: MIN,OPT,MAX."),
+    workspace: int | None = typer.Option(None, "--workspace", help="TensorRT builder workspace limit (MiB)."),
+    timing_cache: Path | None = typer.Option(None, "--timing-cache", help="TensorRT timing cache file (read, updated)."),
+    dla_core: int | None = typer.Option(None, "--dla-core", help="Jetson: build for this DLA core (GPU fallback on)."),
+    no_gpu_fallback: bool = typer.Option(False, "--no-gpu-fallback", help="With --dla-core: fail if a layer needs the GPU."),
+    plugin_lib: list[Path] = typer.Option([], "--plugin-lib", help="TensorRT plugin library for the tinyvim ops."),
+    strongly_typed: bool = typer.Option(True, "--strongly-typed/--no-strongly-typed",
+                                        help="TensorRT 10: weak typing with builder precision flags instead."),
 ) -> None:
     """Export a model, validate it against PyTorch, and write it only if it passes."""
     from tinyvim_deploy.export.onnx_export import export_onnx
@@ -60,8 +69,20 @@ def export_cmd(
     if target not in TARGETS:
         raise ExportError(f"Unknown target {target!r}: choose {', '.join(TARGETS)}.")
     if target == "trt":
-        _require_tensorrt()
-        raise ExportError("TensorRT engine building is not implemented yet; export to onnx and build with trtexec.")
+        from tinyvim_deploy.export.tensorrt_export import BuildOptions, parse_batch_profile
+        from tinyvim_deploy.runtimes.tensorrt import import_tensorrt
+
+        import_tensorrt()  # one line and exit 2 where TensorRT is missing, before anything is written
+        precision = "int8" if int8 else precision
+        if precision == "int8" and calib_data is None:
+            raise ExportError("--precision int8 needs calibration images: pass --calib-data DIR (or a list file).")
+        options = BuildOptions(
+            precision=precision, profile=parse_batch_profile(batch_profile, None if dynamic_batch else batch),
+            strongly_typed=strongly_typed, workspace_mb=workspace, timing_cache=timing_cache, dla_core=dla_core,
+            gpu_fallback=not no_gpu_fallback, plugin_libs=tuple(str(p) for p in plugin_lib),
+        )
+        int8 = precision == "int8"
+        int8_profile = "tensorrt"
     if target == "coreml":
         _export_coreml(model, weights, output, input_size, coreml_precision, int8_weights)
         return
@@ -76,18 +97,39 @@ def export_cmd(
     size_mb = result.path.stat().st_size / 1e6
     console.print(f"wrote {result.path} ({size_mb:.1f} MB, {result.node_count} nodes, custom ops: {custom}, "
                   f"simplifier: {result.metadata['simplifier']}) in {result.export_seconds:.1f} s")
+    int8_path = None
     if int8:
-        _export_int8(result.path, calib_data, samples=calib_samples, method=calib_method, profile=int8_profile,
-                     min_agreement=min_agreement, max_drop=max_drop, holdout=holdout)
+        int8_path = _export_int8(result.path, calib_data, samples=calib_samples, method=calib_method,
+                                 profile=int8_profile, min_agreement=min_agreement, max_drop=max_drop, holdout=holdout)
+    if target == "trt":
+        _build_engine(result.path, model, weights, options, int8_path, photos or default_photos_dir())
 
 
-def _require_tensorrt() -> None:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        raise ExportError("TensorRT is not installed here (nothing was written): on Jetson it comes with JetPack "
-                          "(python3-libnvinfer); on x86 with an NVIDIA GPU: pip install tensorrt (NVIDIA's index)."
-                          ) from None
+def _build_engine(onnx_path: Path, model: str, weights, options, int8_path: Path | None, photos_dir) -> None:
+    """ONNX (float or Q/DQ) -> validated TensorRT engine + sidecar (export/tensorrt_export.py)."""
+    from tinyvim_deploy.export.metadata import read_metadata, spec_from_metadata
+    from tinyvim_deploy.export.tensorrt_export import export_tensorrt
+    from tinyvim_deploy.export.validate import print_report, validation_inputs
+    from tinyvim_deploy.models import create_model, reparameterize
+
+    source = int8_path or onnx_path
+    spec, size = spec_from_metadata(read_metadata(str(source)), str(source))
+    inputs = validation_inputs(size, [options.profile.opt], spec, photos_dir)
+    reference = None if int8_path else reparameterize(create_model(spec.name, weights=weights))
+    with err_console.status("TensorRT: building") as status:
+        def progress(phase: str, step: int, total: int | None) -> None:
+            status.update(f"TensorRT: {phase}" + (f" ({step}/{total})" if total else ""))
+
+        r = export_tensorrt(source, reference, output=None, options=options, inputs=inputs,
+                            reference_onnx=int8_path, progress=progress)
+    against = "the INT8 Q/DQ model in ONNX Runtime" if int8_path else "PyTorch"
+    if r.prepared_check is not None:
+        print_report(r.prepared_check, console, f"{options.precision} graph for TensorRT, in ONNX Runtime, vs {against}")
+    print_report(r.engine_check, console, f"TensorRT engine ({r.sidecar.gpu_name}) vs {against}")
+    size_mb = r.engine.stat().st_size / 1e6
+    console.print(f"wrote {r.engine} ({size_mb:.1f} MB, {options.precision}, TensorRT {r.sidecar.tensorrt_version}, "
+                  f"{r.sidecar.gpu_name} compute {r.sidecar.compute_capability}, batch {options.profile.min}-"
+                  f"{options.profile.max}) and its sidecar in {r.build_seconds:.1f} s")
 
 
 def _export_coreml(model, weights, output, input_size, precision: str, int8_weights: bool) -> None:
@@ -104,7 +146,7 @@ def _export_coreml(model, weights, output, input_size, precision: str, int8_weig
                   f"{ops} ops; ops the Neural Engine does not run: {flagged}) in {r.seconds:.1f} s")
 
 
-def _export_int8(float_path: Path, calib_data: Path, **options) -> None:
+def _export_int8(float_path: Path, calib_data: Path, **options) -> Path:
     from tinyvim_deploy.calibration.int8 import quantize_onnx
     from tinyvim_deploy.reports import agreement_table, sensitivity_table
 
@@ -126,6 +168,28 @@ def _export_int8(float_path: Path, calib_data: Path, **options) -> None:
                   f"calibration table {result.trt_table_path.name}) in {result.seconds:.1f} s")
     if not budget.met:
         raise ValidationError(f"INT8 could not meet the budget even with every group in float: {result.path}.")
+    return result.path
+
+
+@app.command("check")
+def check_cmd(
+    artifact: Path = typer.Argument(..., help="An exported .onnx file (float or INT8 Q/DQ)."),
+    target: str = typer.Option("trt", "--target", "-t", help="trt: TensorRT's ONNX operator support."),
+    trt_version: str = typer.Option("10.15", "--trt-version", help="TensorRT release to check against."),
+    keep_custom_ops: bool = typer.Option(False, "--keep-custom-ops",
+                                         help="Check the tinyvim ops as plugin nodes (as with --plugin-lib)."),
+) -> None:
+    """Static check of every op against the runtime's ONNX support (exit 1 if something is unsupported)."""
+    from tinyvim_deploy.export.metadata import load_onnx_file
+    from tinyvim_deploy.export.tensorrt_check import check_onnx
+    from tinyvim_deploy.reports import check_table
+
+    if target.lower() != "trt":
+        raise ExportError(f"No static check for target {target!r}: only trt (Core ML export lists its own ops).")
+    report = check_onnx(load_onnx_file(artifact), trt_version, keep_custom_ops=keep_custom_ops)
+    console.print(check_table(report, str(artifact)))
+    if not report.supported:
+        raise typer.Exit(1)
 
 
 @app.command("compare")

@@ -84,3 +84,19 @@ def agreement_table(rows, title: str) -> Table:
                       f"{a.max_abs_diff:.2e}", _fmt(a.float_accuracy and 100 * a.float_accuracy, ".2f"),
                       _fmt(a.quant_accuracy and 100 * a.quant_accuracy, ".2f"), _fmt(a.accuracy_drop, "+.2f"))
     return table
+
+
+def check_table(report, artifact: str) -> Group:
+    """tvdeploy check: one row per op type, its count, the verdict and why."""
+    marks = {"ok": "[green]✓[/]", "warning": "[yellow]⚠[/]", "unsupported": "[red]✗[/]"}
+    table = Table()
+    for col in ("op", "count", "", "notes"):
+        table.add_column(col, justify="right" if col == "count" else "left")
+    for row in report.rows:
+        table.add_row(row.op, str(row.count), marks[row.status], "; ".join(row.notes))
+    bad = sum(r.status == "unsupported" for r in report.rows)
+    verdict = ("[bold green]✓ every op is supported[/]" if report.supported else
+               f"[bold red]✗ {bad} op type(s) unsupported[/]")
+    lines = [Text.from_markup(f"[bold]{artifact}[/]: opset {report.opset}, checked against {report.table}'s ONNX parser"),
+             table, *(Text(n) for n in report.graph_notes), Text.from_markup(verdict)]
+    return Group(*lines)
