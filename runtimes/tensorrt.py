@@ -175,6 +175,15 @@ def cuda_call(result: tuple[Any, ...]) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
+def cuda_device_index(device: str) -> int:
+    """``cuda``/``cuda:N`` -> N (``cpu`` is the Backend default when no device was named: GPU 0)."""
+    if device in ("cpu", "cuda", "gpu"):
+        return 0
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    raise BackendUnavailableError(f"TensorRT runs on a CUDA GPU: use --device cuda or cuda:N, not {device!r}.")
+
+
 def gpu_identity(cudart: Any, device: int) -> tuple[str, str]:
     """(name, "major.minor") of a CUDA device, as recorded in the sidecar."""
     props = cuda_call(cudart.cudaGetDeviceProperties(device))
@@ -221,7 +230,7 @@ class TensorRTBackend(Backend):
 
         trt_module = import_tensorrt()
         cudart = import_cudart()
-        device = 0 if self.device in ("cuda", "gpu") else int(str(self.device).removeprefix("cuda:"))
+        device = cuda_device_index(str(self.device))
         cuda_call(cudart.cudaSetDevice(device))
         gpu_name, capability = gpu_identity(cudart, device)
         check_compatible(sidecar, tensorrt_version=trt_module.__version__, gpu_name=gpu_name,

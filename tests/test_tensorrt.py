@@ -218,3 +218,14 @@ def test_checker_cli_on_the_exported_model(seed7_onnx):
     assert r.returncode == 1 and "tinyvim::SelectiveScan" in r.stdout and "--plugin-lib" in r.stdout
     r = tvdeploy("check", seed7_onnx, "--trt-version", "8.6")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_devices_and_the_bench_compare_row_without_tensorrt(tmp_path, monkeypatch):
+    assert [rt.cuda_device_index(d) for d in ("cpu", "cuda", "cuda:1")] == [0, 0, 1]
+    with pytest.raises(BackendUnavailableError, match="CUDA GPU"):
+        rt.cuda_device_index("mps")
+    from tinyvim_deploy.profiling import compare_formats
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    (row,) = compare_formats("tinyvim-s", ["trt"], workdir=tmp_path, iterations=1, warmup=0)
+    assert row.status.startswith("unavailable: TensorRT is not installed here") and not list(tmp_path.glob("*.onnx"))

@@ -310,7 +310,7 @@ def bench_cmd(
     input_size: str | None = typer.Option(None, "--input-size", help="N or HxW, for a model name."),
     export_dir: Path | None = typer.Option(None, "--export-dir", help="Keep --compare's exports here."),
     fp16: bool = typer.Option(False, "--fp16", help="torch on CUDA: FP16 autocast."),
-    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="torch on CUDA: capture and replay a CUDA graph."),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="torch on CUDA, TensorRT: capture and replay a CUDA graph."),
     compile_model: bool = typer.Option(False, "--compile", help="torch: torch.compile the model."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the results as JSON here."),
 ) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyvim_deploy.errors import TinyViMDeployError
+from tinyvim_deploy.models.registry import parse_input_size
 
 Progress = Callable[[int, "int | None"], None]  # (iterations done, total or None when timed)
 
@@ -184,12 +185,29 @@ def _prepare_coreml(model_name, weights, workdir, *, batch, input_size, **_):
     return str(result.path), result.size_mb
 
 
-# format -> (backend name, preparer returning (artifact, size MB)). New formats (int8, trt)
-# register here and the compare table picks them up.
+def _prepare_trt(model_name, weights, workdir, *, batch, input_size, **_):
+    """An FP16 engine (scan in FP32) from the ONNX export, validated on this GPU by the export itself."""
+    from tinyvim_deploy.export.tensorrt_export import BatchProfile, BuildOptions, export_tensorrt
+    from tinyvim_deploy.export.validate import validation_inputs
+    from tinyvim_deploy.models import create_model, reparameterize
+    from tinyvim_deploy.runtimes.tensorrt import import_tensorrt
+
+    import_tensorrt()  # before exporting anything: the row then says how to get TensorRT
+    onnx_path, _ = _prepare_onnx(model_name, weights, workdir, batch=batch, input_size=input_size)
+    model = reparameterize(create_model(model_name, weights=weights))
+    size = model.spec.input_size[1:] if input_size is None else parse_input_size(input_size, model.spec.input_size[1:])
+    result = export_tensorrt(Path(onnx_path), model, output=None, options=BuildOptions("fp16", BatchProfile(batch, batch,
+                             batch)), inputs=validation_inputs(tuple(size), [batch], model.spec))
+    return str(result.engine), result.engine.stat().st_size / 1e6
+
+
+# format -> (backend name, preparer returning (artifact, size MB)). New formats register here and
+# the compare table picks them up.
 FORMATS: dict[str, tuple[str, Callable]] = {
     "torch": ("torch", _prepare_torch),
     "onnx": ("onnxruntime", _prepare_onnx),
     "coreml": ("coreml", _prepare_coreml),
+    "trt": ("tensorrt", _prepare_trt),
 }
 
 
