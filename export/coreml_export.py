@@ -8,7 +8,16 @@ Recipe (measured in shared notes/toolchain.md §5/§8):
   (exact: zero padding stays zero);
 - a ``ClassifierConfig`` with the class names; author/licence/version/description metadata and our
   ``tinyvim_deploy.*`` metadata in ``user_defined_metadata``;
-- compute precision FP16 (default) or FP32; optional INT8 weights (per-channel linear symmetric).
+- compute precision FP16 (default) or FP32; in FP16 the selective scan's ops stay FP32 (spec
+  §11.10: a product of up to L decays below 1), found by the module stack ``torch.export`` records
+  for :class:`~tinyvim_deploy.models.ops.SelectiveScan` (``scan_fp32=False``: all FP16, all on the
+  Neural Engine);
+- optional INT8 weights (per-channel linear symmetric), and W8A8: activations calibrated by
+  ``coremltools.optimize.coreml.linear_quantize_activations`` on the INT8 calibration images.
+  That function runs the model (``MLModel.predict``), so W8A8 needs macOS; elsewhere it is refused
+  before anything is converted. (coremltools' PyTorch-side quantizers cannot be used: its PT2E
+  quantizer imports ``torch.ao.quantization.quantizer``, gone in torch 2.13, and its FX
+  ``LinearQuantizer`` cannot trace TinyViM's shape-dependent control flow.)
 
 Core ML cannot predict on Linux, so the export is checked here by the folding's exactness against
 the PyTorch model, by the program's op list, and by the package's input/output description.
@@ -47,6 +56,8 @@ class CoreMLExportResult:
     flagged_ops: dict[str, int]  # ops from NOT_ON_NEURAL_ENGINE found in the program
     fold_max_abs_diff: float  # stem-folded model vs the original, same input (PyTorch)
     seconds: float
+    fp32_ops: dict[str, int] = dataclasses.field(default_factory=dict)  # op type -> count of FP32 compute ops
+    w8a8: bool = False
 
 
 def import_coremltools():
@@ -86,9 +97,17 @@ def fold_input_std(model: torch.nn.Module, std) -> torch.nn.Module:
     return model
 
 
+def scan_node_names(program) -> set[str]:
+    """Nodes of an exported program computed inside a SelectiveScan module (their MIL ops keep these names)."""
+    return {n.name for n in program.graph_module.graph.nodes
+            if any(cls.endswith(".SelectiveScan") for _, cls in (n.meta.get("nn_module_stack") or {}).values())}
+
+
 def export_coreml(model_name: str, *, weights=None, output=None, input_size=None, precision: str = "fp16",
-                  weights_int8: bool = False, minimum_target: str = "iOS16") -> CoreMLExportResult:
+                  weights_int8: bool = False, minimum_target: str = "iOS16", scan_fp32: bool = True,
+                  w8a8: bool = False, calib_data=None, calib_samples: int = 128) -> CoreMLExportResult:
     import copy
+    import sys
 
     import tinyvim_deploy
     from tinyvim_deploy.export.metadata import build_metadata
@@ -96,6 +115,14 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
 
     if precision not in PRECISIONS:
         raise ExportError(f"Unknown Core ML precision {precision!r}: choose {', '.join(PRECISIONS)}.")
+    if w8a8:
+        if calib_data is None:
+            raise ExportError("W8A8 needs calibration images: pass --calib-data DIR (or a list file).")
+        if sys.platform != "darwin":
+            raise BackendUnavailableError(
+                "W8A8 calibrates activations by running the model (coremltools' linear_quantize_activations "
+                "uses MLModel.predict), which needs macOS: run this export on a Mac; --int8-weights works here.")
+        minimum_target = "iOS17"  # quantize/dequantize of activations are iOS17 ops
     ct = import_coremltools()
     t0 = time.perf_counter()
     model = create_model(model_name, weights=weights)
@@ -117,6 +144,13 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
         warnings.simplefilter("ignore")
         program = torch.export.export(folded, (x,)).run_decompositions({})
         mean = [float(m) for m in spec.mean]
+        if precision == "fp32":
+            compute_precision = ct.precision.FLOAT32
+        elif scan_fp32:
+            keep = scan_node_names(program)
+            compute_precision = ct.transform.FP16ComputePrecision(op_selector=lambda op: op.name not in keep)
+        else:
+            compute_precision = ct.precision.FLOAT16
         mlmodel = ct.convert(
             program,
             inputs=[ct.ImageType(name="image", shape=(1, 3, *hw), scale=1 / 255.0, bias=[-m for m in mean],
@@ -124,9 +158,11 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
             classifier_config=ct.ClassifierConfig(list(spec.class_names)),
             convert_to="mlprogram",
             minimum_deployment_target=getattr(ct.target, minimum_target),
-            compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+            compute_precision=compute_precision,
         )
-        if weights_int8:
+        if w8a8:
+            mlmodel = _quantize_activations(mlmodel, calib_data, spec, hw, calib_samples)
+        if weights_int8 or w8a8:
             from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
 
             config = OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
@@ -136,17 +172,23 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
     mlmodel.author = "tinyvim-deploy"
     mlmodel.license = "See the model's checkpoint licence."
     mlmodel.version = tinyvim_deploy.__version__
-    mlmodel.short_description = (f"{model_name} image classifier, {hw[0]}x{hw[1]}, {precision}"
-                                 + (", int8 weights" if weights_int8 else ""))
+    weights_int8 = weights_int8 or w8a8
+    scan_note = ", scan fp32" if precision == "fp16" and scan_fp32 else ""
+    mlmodel.short_description = (f"{model_name} image classifier, {hw[0]}x{hw[1]}, {precision}{scan_note}"
+                                 + (", int8 weights and activations" if w8a8 else ", int8 weights" if weights_int8
+                                    else ""))
     meta = build_metadata(spec, input_hw=hw, batch=1, opset=0, scan_impl="pytorch", custom_ops="none",
                           weights_sha256=model.checkpoint.sha256 if model.checkpoint else "none (random init)",
                           torch_version=torch.__version__, toolkit_version=tinyvim_deploy.__version__)
     meta.pop("opset")  # no ONNX here
     meta.update({"precision": precision, "weights": "int8" if weights_int8 else precision,
+                 "activations": "int8" if w8a8 else precision,
+                 "scan_precision": "fp32" if precision == "fp32" or scan_fp32 else "fp16",
                  "input_normalisation": "ImageType scale 1/255, bias -mean; 1/std folded into the stem conv"})
     mlmodel.user_defined_metadata.update({f"tinyvim_deploy.{k}": str(v) for k, v in meta.items()})
 
-    default = f"{model_name}_{hw[0]}x{hw[1]}_{precision}" + ("_w8" if weights_int8 else "") + ".mlpackage"
+    default = (f"{model_name}_{hw[0]}x{hw[1]}_{precision}" + ("_w8a8" if w8a8 else "_w8" if weights_int8 else "")
+               + ".mlpackage")
     path = Path(output) if output else Path(default)
     if path.suffix != ".mlpackage":
         raise ExportError(f"A Core ML ML Program is a .mlpackage folder: {path} has another suffix.")
@@ -154,7 +196,37 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
     ops = _op_counts(mlmodel)
     return CoreMLExportResult(path, precision, weights_int8, _folder_mb(path), ops,
                               {k: v for k, v in ops.items() if k in NOT_ON_NEURAL_ENGINE}, fold_diff,
-                              time.perf_counter() - t0)
+                              time.perf_counter() - t0, fp32_op_counts(mlmodel), w8a8)
+
+
+def _quantize_activations(mlmodel, calib_data, spec, hw, samples: int):
+    """W8A8 (macOS): calibrate activation ranges on the calibration images, as the ImageType input sees them."""
+    import numpy as np
+    from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_activations
+    from PIL import Image
+
+    from tinyvim_deploy.calibration.data import load_calibration_set
+    from tinyvim_deploy.preprocess import to_pixels
+
+    calib = load_calibration_set(calib_data, spec, hw, samples=samples, seed=0)
+    pixels = to_pixels(np.asarray(calib.tensors), spec.mean, spec.std)
+    config = OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric"))
+    return linear_quantize_activations(mlmodel, config, [{"image": Image.fromarray(p)} for p in pixels])
+
+
+def fp32_op_counts(mlmodel) -> dict[str, int]:
+    """Compute ops (not const/cast, not the ImageType's own scale/bias) with FP32 outputs, by op type."""
+    import collections
+
+    from coremltools.converters.mil.mil import types
+
+    program = mlmodel._mil_program  # the converted program (a package loaded from disk has none)
+    counts: collections.Counter[str] = collections.Counter()
+    for op in program.functions["main"].operations if program is not None else ():
+        if (op.op_type not in ("const", "cast") and op.outputs and op.outputs[0].dtype == types.fp32
+                and not op.name.startswith("image__")):
+            counts[op.op_type] += 1
+    return dict(counts)
 
 
 def _op_counts(mlmodel) -> dict[str, int]:

@@ -147,6 +147,20 @@ def selective_scan(
     return _selective_scan_eager(u, delta, A, B, C, D, delta_bias)
 
 
+class SelectiveScan(torch.nn.Module):
+    """:func:`selective_scan` as a parameter-free module, so exported graphs can tell its nodes apart.
+
+    ``torch.export`` records the module stack of every node; the Core ML export keeps the nodes of
+    this module in FP32 inside an FP16 program (spec §11.10). No state_dict entries.
+    ``delta_bias`` may come in any shape with K·D elements (flattened here, not by the caller: a view
+    of a parameter made under ``no_grad`` trips torch's module hooks, e.g. ``FlopCounterMode``).
+    """
+
+    def forward(self, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+                delta_bias: Tensor) -> Tensor:
+        return selective_scan(u, delta, A, B, C, D, delta_bias.reshape(-1))
+
+
 # --------------------------------------------------------------------------------------------------
 # Laplace split / merge
 # --------------------------------------------------------------------------------------------------

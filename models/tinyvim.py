@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinyvim_deploy.errors import InputSizeError
-from tinyvim_deploy.models.ops import laplace_merge, laplace_split, selective_scan
+from tinyvim_deploy.models.ops import SelectiveScan, laplace_merge, laplace_split
 from tinyvim_deploy.models.registry import ModelSpec, register_model
 
 __all__ = ["TinyViM", "reparameterize", "check_input_size"]
@@ -151,6 +151,7 @@ class LaplaceMixer(nn.Module):
         self.in_proj = ConvNorm(dim, dim)
         self.conv2d = AxialInception(dim)
         self.out_proj = ConvNorm(dim, dim)
+        self.selective_scan = SelectiveScan()  # no parameters: marks the scan's nodes in exported graphs
         self._init_scan_params()
 
     @torch.no_grad()
@@ -172,9 +173,9 @@ class LaplaceMixer(nn.Module):
         proj = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
         dts, Bs, Cs = torch.split(proj, [self.dt_rank, D_STATE, D_STATE], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        y = selective_scan(
+        y = self.selective_scan(
             xs.reshape(b, -1, L), dts.reshape(b, -1, L), -torch.exp(self.A_logs.float()),
-            Bs.contiguous(), Cs.contiguous(), self.Ds.float(), self.dt_projs_bias.float().reshape(-1),
+            Bs.contiguous(), Cs.contiguous(), self.Ds.float(), self.dt_projs_bias.float(),
         ).view(b, 4, d, L)
         y_rows = y[:, 0] + y[:, 2].flip(-1)
         y_cols = (y[:, 1] + y[:, 3].flip(-1)).view(b, d, w, h).transpose(2, 3).reshape(b, d, L)

@@ -55,9 +55,10 @@ class CoreMLBackend(Backend):
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         from PIL import Image
 
-        pixels = batch.transpose(0, 2, 3, 1) * self._std + self._mean  # back to [0, 1] RGB
+        from tinyvim_deploy.preprocess import to_pixels
+
         out = []
-        for image in np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8):
+        for image in to_pixels(batch, self._mean, self._std):
             probs = self.model.predict({"image": Image.fromarray(image)})["classLabel_probs"]
             out.append([probs[name] for name in self.class_names])
         return [np.asarray(out, np.float32)]

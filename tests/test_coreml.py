@@ -23,6 +23,7 @@ def packages(tmp_path_factory):
     return {
         "fp16": export_coreml("tinyvim-s", weights=TRAIN_LAYOUT, output=root / "s_fp16.mlpackage"),
         "w8": export_coreml("tinyvim-s", weights=TRAIN_LAYOUT, output=root / "s_w8.mlpackage", weights_int8=True),
+        "fp16_all": export_coreml("tinyvim-s", weights=TRAIN_LAYOUT, output=root / "s_all.mlpackage", scan_fp32=False),
     }
 
 
@@ -53,6 +54,26 @@ def test_int8_weights_halve_the_package(packages):
     assert int8_tensors >= 60  # the conv/linear weights (coremltools skips tensors under 2048 elements)
     # fp16 weights are 2 bytes, int8 ones 1 byte: the package halves, give or take scales and small tensors
     assert packages["w8"].size_mb < 0.6 * packages["fp16"].size_mb
+
+
+def test_fp16_program_keeps_exactly_the_scan_in_fp32(packages):
+    assert packages["fp16_all"].fp32_ops == {}
+    fp32 = packages["fp16"].fp32_ops
+    # 5 Mamba blocks: softplus(Δ) and exp(Δ·A) once each, the recurrence's mul/add, the C-contraction's sum
+    assert fp32["softplus"] == 5 and fp32["exp"] == 5 and fp32["reduce_sum"] == 5
+    assert "conv" not in fp32 and "layer_norm" not in fp32 and "linear" not in fp32
+    # the unrolled recurrence is many small ops (467 of 882 at 224), but none of the heavy ones above
+    assert fp32["mul"] > 50 and sum(fp32.values()) < 0.6 * sum(packages["fp16"].op_counts.values())
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS can calibrate")
+def test_w8a8_needs_macos_and_calibration_data(tmp_path):
+    r = tvdeploy("export", "--model", "tinyvim-s", "--target", "coreml", "--w8a8", "--calib-data", tmp_path,
+                 "-o", tmp_path / "s.mlpackage")
+    assert r.returncode == 2 and "needs macOS" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = tvdeploy("export", "--model", "tinyvim-s", "--target", "coreml", "--w8a8", "-o", tmp_path / "s.mlpackage")
+    assert r.returncode == 2 and "--calib-data" in r.stderr
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS can predict")

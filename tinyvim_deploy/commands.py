@@ -49,6 +49,9 @@ def export_cmd(
     holdout: int = typer.Option(256, "--holdout", help="Held-out images for the final INT8 check."),
     coreml_precision: str = typer.Option("fp16", "--coreml-precision", help="Core ML compute precision: fp16 or fp32."),
     int8_weights: bool = typer.Option(False, "--int8-weights", help="Core ML: INT8 per-channel weights (≈2× smaller)."),
+    w8a8: bool = typer.Option(False, "--w8a8", help="Core ML (macOS): INT8 weights and activations (--calib-data)."),
+    coreml_fp16_scan: bool = typer.Option(False, "--coreml-fp16-scan",
+                                          help="Core ML FP16: the scan in FP16 too (all on the Neural Engine)."),
     precision: str = typer.Option("fp16", "--precision", help="TensorRT: fp32, fp16 (scan kept FP32) or int8 (Q/DQ)."),
     batch_profile: str | None = typer.Option(None, "--batch-profile", help="TensorRT, with --dynamic-batch: MIN,OPT,MAX."),
     workspace: int | None = typer.Option(None, "--workspace", help="TensorRT builder workspace limit (MiB)."),
@@ -84,7 +87,8 @@ def export_cmd(
         int8 = precision == "int8"
         int8_profile = "tensorrt"
     if target == "coreml":
-        _export_coreml(model, weights, output, input_size, coreml_precision, int8_weights)
+        _export_coreml(model, weights, output, input_size, coreml_precision, int8_weights,
+                       scan_fp32=not coreml_fp16_scan, w8a8=w8a8, calib_data=calib_data, calib_samples=calib_samples)
         return
     result = export_onnx(
         model, weights=weights, output=output, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
@@ -132,17 +136,19 @@ def _build_engine(onnx_path: Path, model: str, weights, options, int8_path: Path
                   f"{options.profile.max}) and its sidecar in {r.build_seconds:.1f} s")
 
 
-def _export_coreml(model, weights, output, input_size, precision: str, int8_weights: bool) -> None:
+def _export_coreml(model, weights, output, input_size, precision: str, int8_weights: bool, **options) -> None:
     from tinyvim_deploy.export.coreml_export import export_coreml
 
     with err_console.status("converting to Core ML"):
         r = export_coreml(model, weights=weights, output=output, input_size=input_size, precision=precision,
-                          weights_int8=int8_weights)
+                          weights_int8=int8_weights, **options)
     ops = sum(r.op_counts.values())
     flagged = ", ".join(f"{k}×{v}" for k, v in r.flagged_ops.items()) or "none"
     console.print(f"stem-folded normalisation vs PyTorch: max abs diff {r.fold_max_abs_diff:.1e} (Core ML itself "
                   "cannot predict on Linux: validate on a Mac with `tvdeploy bench`/`predict`)")
-    console.print(f"wrote {r.path} ({r.size_mb:.1f} MB, {r.precision}{', int8 weights' if r.weights_int8 else ''}, "
+    quant = ", int8 weights and activations" if r.w8a8 else ", int8 weights" if r.weights_int8 else ""
+    fp32 = f", {sum(r.fp32_ops.values())} scan ops kept fp32" if r.precision == "fp16" and r.fp32_ops else ""
+    console.print(f"wrote {r.path} ({r.size_mb:.1f} MB, {r.precision}{fp32}{quant}, "
                   f"{ops} ops; ops the Neural Engine does not run: {flagged}) in {r.seconds:.1f} s")
 
 

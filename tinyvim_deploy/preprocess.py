@@ -58,3 +58,9 @@ def preprocess(
         crop = center_crop(resize_short_side(np.ascontiguousarray(rgb), short, interpolation), height, width)
         batch.append(((crop.astype(np.float32) / 255.0 - mean_) / std_).transpose(2, 0, 1))
     return np.ascontiguousarray(np.stack(batch), dtype=np.float32)
+
+
+def to_pixels(batch: np.ndarray, mean, std) -> np.ndarray:
+    """Undo :func:`preprocess`'s normalisation: NCHW float -> NHWC uint8 RGB (exact for crops of uint8 images)."""
+    rgb = batch.transpose(0, 2, 3, 1) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
