@@ -40,6 +40,20 @@ def build_metadata(spec: ModelSpec, *, input_hw: tuple[int, int], batch: int | N
         "custom_ops": custom_ops,
         "torch_version": torch_version,
         "toolkit_version": toolkit_version,
+        **_segmentation_fields(spec),
+    }
+
+
+def _segmentation_fields(spec: ModelSpec) -> dict[str, str]:
+    """The test pipeline of a segmentor (cgrseg.md §9), and its palette for overlays."""
+    if spec.task != "segmentation":
+        return {}
+    return {
+        "test_scale": json.dumps(list(spec.test_scale) if spec.test_scale else None),
+        "resize_mode": spec.resize_mode,
+        "size_multiple": str(spec.size_multiple),
+        "output_stride": str(spec.output_stride),
+        "palette": json.dumps([list(c) for c in spec.palette]),
     }
 
 
@@ -81,8 +95,15 @@ def spec_from_metadata(metadata: dict[str, str], source: str = "artifact") -> tu
         crop_pct=float(metadata["crop_pct"]), interpolation=metadata["interpolation"],
         mean=tuple(json.loads(metadata["mean"])), std=tuple(json.loads(metadata["std"])),
         num_classes=int(metadata["num_classes"]), labels="",
+        test_scale=tuple(json.loads(metadata["test_scale"])) if metadata.get("test_scale", "null") != "null" else None,
+        resize_mode=metadata.get("resize_mode", "pad"), size_multiple=int(metadata.get("size_multiple", 32)),
+        output_stride=int(metadata.get("output_stride", 1)),
     )
     return spec, (h, w)
+
+
+def palette_from_metadata(metadata: dict[str, str]) -> list[tuple[int, int, int]] | None:
+    return [tuple(c) for c in json.loads(metadata["palette"])] if "palette" in metadata else None
 
 
 def class_names_from_metadata(metadata: dict[str, str]) -> list[str]:

@@ -63,6 +63,8 @@ def _torch_export(model: torch.nn.Module, example: torch.Tensor, opset: int, dyn
 
 def _attach_functions(model: onnx.ModelProto, opset: int, scan_impl: str, length: int) -> None:
     del model.functions[:]
+    if not custom_node_counts(model):  # models without TinyViM (EfficientFormerV2 segmentors) need none
+        return
     model.functions.extend(tv_ops.functions_for(opset, scan_impl, length))
     if not any(o.domain == tv_ops.DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(tv_ops.DOMAIN, tv_ops.DOMAIN_VERSION))
@@ -146,6 +148,8 @@ def export_onnx(
     t0 = time.perf_counter()
     model = create_model(spec.name, weights=weights)
     deploy = reparameterize(model)
+    if not dynamic_batch and hasattr(deploy, "prepare_for_size"):  # size-dependent constants (segmentors)
+        deploy.prepare_for_size(*size)
     example = torch.randn(2 if dynamic_batch and batch == 1 else batch, 3, *size, generator=torch.Generator().manual_seed(0))
     try:
         proto = _torch_export(deploy, example, opset, dynamic_batch)

@@ -18,8 +18,9 @@ class Check:
     name: str  # which input
     max_abs: float
     mean_abs: float
-    top1_agree: float | None  # fraction of samples whose argmax agrees (classification only)
+    top1_agree: float | None  # classification: samples whose argmax agrees; segmentation: pixels whose argmax agrees
     passed: bool
+    miou: float | None = None  # segmentation: mIoU of the candidate's argmax map against the reference's
 
 
 @dataclasses.dataclass
@@ -66,6 +67,10 @@ def photo_batch(photos_dir: str | os.PathLike | None, size: tuple[int, int], spe
             break
     if not images:
         return None
+    if spec.task == "segmentation":  # the segmentation pipeline, fitted into the export size
+        from tinyvim_deploy.segmentation import prepare
+
+        return np.stack([prepare(rgb, spec, size)[0] for rgb in images])
     return preprocess(images, size, crop_pct=spec.crop_pct, interpolation=spec.interpolation,
                       mean=spec.mean, std=spec.std)
 
@@ -84,11 +89,23 @@ def validation_inputs(size: tuple[int, int], batches: Sequence[int], spec, photo
 
 def compare(reference: np.ndarray, candidate: np.ndarray, name: str, atol: float, task: str) -> Check:
     diff = np.abs(reference.astype(np.float64) - candidate)
-    top1 = None
+    top1 = miou = None
     if task == "classification" and reference.ndim == 2:
         top1 = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
+    if task == "segmentation" and reference.ndim == 4:
+        ref_map, got_map = reference.argmax(1), candidate.argmax(1)
+        top1, miou = float(np.mean(ref_map == got_map)), map_agreement_miou(ref_map, got_map, reference.shape[1])
     ok = bool(np.isfinite(candidate).all() and diff.max() <= atol)
-    return Check(name, float(diff.max()), float(diff.mean()), top1, ok)
+    return Check(name, float(diff.max()), float(diff.mean()), top1, ok, miou)
+
+
+def map_agreement_miou(reference: np.ndarray, candidate: np.ndarray, num_classes: int) -> float:
+    """mIoU of one label map against another, over the classes present in either (1.0 when identical)."""
+    ref, got = reference.ravel().astype(np.int64), candidate.ravel().astype(np.int64)
+    inter = np.bincount(ref[ref == got], minlength=num_classes)
+    union = np.bincount(ref, minlength=num_classes) + np.bincount(got, minlength=num_classes) - inter
+    present = union > 0
+    return float(np.mean(inter[present] / union[present])) if present.any() else 1.0
 
 
 def validate_onnx(onnx_path, torch_model: torch.nn.Module, inputs: dict[str, np.ndarray], atol: float = 1e-4,
@@ -111,12 +128,15 @@ def print_report(report: ValidationReport, console, title: str = "ONNX Runtime v
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("input", "max abs diff", "mean abs diff", "top-1 agree", "verdict"):
+    segmentation = any(c.miou is not None for c in report.checks)
+    columns = ["input", "max abs diff", "mean abs diff", "pixels agree" if segmentation else "top-1 agree"]
+    for col in columns + (["mIoU (argmax)"] if segmentation else []) + ["verdict"]:
         table.add_column(col)
     for c in report.checks:
-        top1 = "-" if c.top1_agree is None else f"{c.top1_agree:.0%}"
+        top1 = "-" if c.top1_agree is None else f"{c.top1_agree:.{2 if segmentation else 0}%}"
         verdict = "[green]✓[/]" if c.passed else "[red]✗[/]"
-        table.add_row(c.name, f"{c.max_abs:.2e}", f"{c.mean_abs:.2e}", top1, verdict)
+        extra = [f"{c.miou:.4f}" if c.miou is not None else "-"] if segmentation else []
+        table.add_row(c.name, f"{c.max_abs:.2e}", f"{c.mean_abs:.2e}", top1, *extra, verdict)
     console.print(table)
     word = "[bold green]✓ PASS[/]" if report.passed else "[bold red]✗ FAIL[/]"
     console.print(f"{word}: max abs diff {report.max_abs:.2e} (atol {report.atol:g})")

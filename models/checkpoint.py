@@ -126,6 +126,10 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint, model_name: str) -> N
     det/seg loader: ``norm``/``head``/``dist_head`` are ignored and ``norm0/2/4/6`` keep their init.
     """
     state_dict = dict(checkpoint.state_dict)
+    if hasattr(model, "drop_unused_keys"):  # e.g. SSA's teacher branch and loss buffer (training only)
+        state_dict, dropped = model.drop_unused_keys(state_dict)
+        if dropped:
+            checkpoint.notes.append(f"dropped {len(dropped)} training-only entries ({', '.join(dropped)})")
     expected = model.state_dict()
     dense = any(k.startswith(_DENSE_NORMS) for k in expected)
     if dense:

@@ -27,6 +27,21 @@ def imagenet_class_names() -> tuple[str, ...]:
     return tuple(lemmas.split(",")[0].strip() for _, lemmas in rows)
 
 
+@lru_cache(maxsize=1)
+def ade20k() -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """ADE20K's 150 class names (stripped) and RGB palette, in label order (mmseg's ADE20KDataset)."""
+    import json
+
+    data = json.loads(resources.files("tinyvim_deploy").joinpath("data/ade20k.json").read_text("utf-8"))
+    return tuple(n.strip() for n in data["classes"]), tuple(tuple(c) for c in data["palette_rgb"])
+
+
+LABEL_SETS: dict[str, Callable[[], tuple[str, ...]]] = {
+    "imagenet": imagenet_class_names,
+    "ade20k": lambda: ade20k()[0],
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """What a model is and how its input must be prepared (official evaluation, spec §9)."""
@@ -45,12 +60,27 @@ class ModelSpec:
     macs: int = 0  # conv + linear + einsum MACs at input_size, unfused (scan not counted)
     size_multiple: int = 32  # height and width must be multiples of this
     paper: str = ""
+    # Segmentation (mmseg test pipeline, spec cgrseg.md §9 / efficientformerv2.md §13.2):
+    test_scale: tuple[int, int] | None = None  # keep-ratio resize into (long, short), e.g. (2048, 512)
+    resize_mode: str = "pad"  # "pad": pad bottom/right to size_multiple; "stretch": resize again to it
+    output_stride: int = 1  # the network's logits are at 1/output_stride of its input
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        if self.labels == "imagenet" and self.num_classes == 1000:
-            return imagenet_class_names()
+        names = LABEL_SETS.get(self.labels)
+        if names is not None and len(names()) == self.num_classes:
+            return names()
         return tuple(str(i) for i in range(self.num_classes))
+
+    @property
+    def palette(self) -> tuple[tuple[int, int, int], ...]:
+        """One RGB colour per class (ADE20K's for its label set, else a fixed pseudo-random one)."""
+        if self.labels == "ade20k" and self.num_classes == 150:
+            return ade20k()[1]
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        return tuple(tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(self.num_classes))
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -62,6 +62,12 @@ class Backend(abc.ABC):
     class_names: list[str]
 
     @property
+    def dynamic_hw(self) -> bool:
+        """Whether the artifact takes any input height/width (else exactly ``input_hw``)."""
+        dims = self.inputs()[0].shape
+        return not all(isinstance(d, int) and d > 0 for d in dims[2:4])
+
+    @property
     def static_batch(self) -> int | None:
         dim = self.inputs()[0].shape[0]
         return dim if isinstance(dim, int) and dim > 0 else None

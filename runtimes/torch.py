@@ -73,9 +73,13 @@ class TorchBackend(Backend):
         return [y.float().cpu().numpy()]
 
     def inputs(self) -> list[TensorInfo]:
-        return [TensorInfo("image", (None, 3, *self.input_hw), "float32")]
+        # a segmentor in eager PyTorch takes any size (the official pipeline decides it) unless one was set
+        free = self.spec.task == "segmentation" and not self.options.get("input_size")
+        return [TensorInfo("image", (None, 3, *(("height", "width") if free else self.input_hw)), "float32")]
 
     def outputs(self) -> list[TensorInfo]:
+        if self.spec.task == "segmentation":
+            return [TensorInfo("logits", (None, self.spec.num_classes, "height", "width"), "float32")]
         return [TensorInfo("logits", (None, self.spec.num_classes), "float32")]
 
     def describe(self) -> str:

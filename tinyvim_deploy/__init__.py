@@ -15,6 +15,7 @@ from tinyvim_deploy.errors import (  # noqa: E402
     CalibrationError,
     CheckpointError,
     CheckpointNotFoundError,
+    DatasetError,
     ExportError,
     ImageError,
     InputSizeError,
@@ -37,17 +38,23 @@ def __getattr__(name: str):
         from tinyvim_deploy import predictor
 
         return getattr(predictor, name)
+    if name == "SegmentationResult":
+        from tinyvim_deploy import segmentation
+
+        return segmentation.SegmentationResult
     raise AttributeError(f"module 'tinyvim_deploy' has no attribute {name!r}")
 
 
 __all__ = [
     "ClassificationResult",
     "Predictor",
+    "SegmentationResult",
     "ArtifactError",
     "BackendUnavailableError",
     "CalibrationError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "DatasetError",
     "ExportError",
     "ImageError",
     "InputSizeError",

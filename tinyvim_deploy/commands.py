@@ -97,7 +97,8 @@ def export_cmd(
     )
     if result.report:
         print_report(result.report, console)
-    custom = ", ".join(f"{k}×{v}" for k, v in sorted(result.custom_nodes.items())) or "none (inlined)"
+    custom = ", ".join(f"{k}×{v}" for k, v in sorted(result.custom_nodes.items())) or (
+        "none (inlined)" if inline_custom_ops else "none")
     size_mb = result.path.stat().st_size / 1e6
     console.print(f"wrote {result.path} ({size_mb:.1f} MB, {result.node_count} nodes, custom ops: {custom}, "
                   f"simplifier: {result.metadata['simplifier']}) in {result.export_seconds:.1f} s")
@@ -175,6 +176,43 @@ def _export_int8(float_path: Path, calib_data: Path, **options) -> Path:
     if not budget.met:
         raise ValidationError(f"INT8 could not meet the budget even with every group in float: {result.path}.")
     return result.path
+
+
+@app.command("eval")
+def eval_cmd(
+    artifact: str = typer.Argument(..., help="A segmentation artifact (.onnx, …) or model name."),
+    data: Path = typer.Option(..., "--data", help="Folder with images/ and annotations/ (label PNGs)."),
+    reduce_zero_label: bool = typer.Option(True, "--reduce-zero-label/--no-reduce-zero-label",
+                                           help="ADE20K: label value 0 is ignored, v means class v-1."),
+    backend: str | None = typer.Option(None, "--backend", "-b", help="Runtime (default: from the file type)."),
+    device: str | None = typer.Option(None, "--device"),
+    threads: int | None = typer.Option(None, "--threads"),
+    weights: Path | None = typer.Option(None, "--weights", "-w", help="Checkpoint, when ARTIFACT is a model name."),
+    input_size: str | None = typer.Option(None, "--input-size",
+                                          help="Model name: a fixed input box (as an export has) instead of the "
+                                               "official test pipeline's sizes."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
+) -> None:
+    """mIoU, aAcc and per-class IoU of a segmentor on labelled images (the same numbers for every runtime)."""
+    from tinyvim_deploy.evaluation import evaluate_segmentation, pair_images_and_labels
+    from tinyvim_deploy.fileio import write_json
+    from tinyvim_deploy.predictor import Predictor
+    from tinyvim_deploy.reports import eval_table
+
+    total = len(pair_images_and_labels(data))  # a bad folder is one line before the model loads
+    options = {"input_size": input_size} if input_size else {}
+    with Predictor(artifact, backend=backend, device=device, threads=threads, weights=weights, **options) as predictor:
+        if predictor.task != "segmentation":
+            raise ArtifactError(f"{artifact} is a {predictor.task} model; eval computes segmentation metrics.")
+        with _progress() as progress:
+            tick = progress(Path(artifact).name, "evaluating")
+            done = iter(range(1, total + 1))
+            metrics = evaluate_segmentation(predictor, data, reduce_zero_label,
+                                            on_image=lambda _: tick and tick(next(done), total))
+        console.print(eval_table(metrics, predictor.class_names, f"{artifact} on {data}"))
+        if json_path:
+            write_json(json_path, {"artifact": str(artifact), "backend": predictor.backend.describe(),
+                                   **metrics.as_dict(predictor.class_names)})
 
 
 @app.command("check")
@@ -267,12 +305,13 @@ def predict_cmd(
     weights: Path | None = typer.Option(None, "--weights", "-w", help="Checkpoint, when ARTIFACT is a model name."),
     labels: Path | None = typer.Option(None, "--labels", help="Class names, one per line."),
     batch: int = typer.Option(8, "--batch", help="Images per inference call."),
+    save_dir: Path | None = typer.Option(None, "--save-dir", help="Segmentation: write overlays and label PNGs here."),
 ) -> None:
-    """Classify images. A file that cannot be read is reported and skipped; the exit code is then 1."""
+    """Classify or segment images. A file that cannot be read is reported and skipped; the exit code is then 1."""
     from tinyvim_deploy.fileio import write_json
     from tinyvim_deploy.images import collect_images
     from tinyvim_deploy.predictor import Predictor
-    from tinyvim_deploy.reports import prediction_table
+    from tinyvim_deploy.reports import prediction_table, segmentation_table
 
     if batch < 1:
         raise ArtifactError(f"Batch size must be at least 1, got {batch}.")
@@ -288,9 +327,18 @@ def predict_cmd(
         except ImageError as e:
             errors.append({"source": str(path), "error": str(e)})
             err_console.print(f"[yellow]skipped:[/] {e}", highlight=False, soft_wrap=True)
-    results = predictor.classify(decoded, batch_size=batch)
-    for result in results:
-        console.print(prediction_table(result))
+    if predictor.task == "segmentation":
+        results = predictor.segment(decoded)
+        for result, (rgb, _) in zip(results, decoded):
+            console.print(segmentation_table(result, topk))
+            if save_dir:
+                _save_segmentation(save_dir, result, rgb)
+    else:
+        if save_dir:
+            raise ArtifactError("--save-dir writes segmentation overlays; this model is a classifier.")
+        results = predictor.classify(decoded, batch_size=batch)
+        for result in results:
+            console.print(prediction_table(result))
     if json_path:
         write_json(json_path, {"artifact": str(artifact), "backend": predictor.backend.describe(),
                                "results": [r.as_dict() for r in results], "errors": errors})
@@ -298,6 +346,18 @@ def predict_cmd(
     if errors:
         err_console.print(f"{len(errors)} of {len(paths)} files could not be read.")
         raise typer.Exit(1)
+
+
+def _save_segmentation(save_dir: Path, result, rgb) -> None:
+    """``<stem>_overlay.png`` (image blended with class colours) and ``<stem>_labels.png`` (class index per pixel)."""
+    from PIL import Image
+
+    from tinyvim_deploy.fileio import atomic_output
+
+    stem = Path(result.source).stem
+    for suffix, array in (("overlay", result.overlay(rgb)), ("labels", result.labels)):
+        with atomic_output(Path(save_dir) / f"{stem}_{suffix}.png") as tmp:
+            Image.fromarray(array).save(tmp, format="PNG")
 
 
 @app.command("bench")
@@ -364,8 +424,8 @@ def _progress():
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True) as bar:
 
-        def for_run(label: str):
-            task = bar.add_task(f"timing {label}", total=None)
+        def for_run(label: str, verb: str = "timing"):
+            task = bar.add_task(f"{verb} {label}", total=None)
             return lambda done, total: bar.update(task, completed=done, total=total)
 
         yield for_run

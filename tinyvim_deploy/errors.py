@@ -61,3 +61,7 @@ class BackendUnavailableError(TinyViMDeployError, ImportError):
 
 class CalibrationError(TinyViMDeployError, ValueError):
     """Calibration data missing, empty or unreadable; or quantization could not meet its budget."""
+
+
+class DatasetError(TinyViMDeployError, ValueError):
+    """An evaluation folder that cannot be used: missing, empty, unpaired images, unreadable label maps."""

@@ -93,11 +93,37 @@ class Predictor:
                                                 [float(p[i]) for i in top], row, src))
         return results
 
-    def __call__(self, images, *, color: str = "rgb"):
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    def __call__(self, images, *, color: str = "rgb", probabilities: bool = False):
+        """A ClassificationResult or SegmentationResult per image (one for one input, a list for a list)."""
         single = isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3))
         items = [images] if single else list(images)
-        results = self.classify([self.decode(item, color) for item in items])
+        decoded = [self.decode(item, color) for item in items]
+        results = self.segment(decoded, probabilities) if self.task == "segmentation" else self.classify(decoded)
         return results[0] if single else results
+
+    def segment(self, decoded: Sequence[tuple[np.ndarray, str]], probabilities: bool = False) -> list:
+        """SegmentationResults (label maps at each image's own size) for decoded (RGB, name) pairs."""
+        from tinyvim_deploy.segmentation import SegmentationResult, labels_from_logits, prepare
+
+        box = None if self.backend.dynamic_hw else self.backend.input_hw
+        results = []
+        for rgb, source in decoded:  # one image per call: sizes differ (the official test mode)
+            x, plan = prepare(rgb, self.spec, box)
+            logits = self.backend.run(x[None])[0][0]
+            labels, probs = labels_from_logits(logits, plan, probabilities)
+            results.append(SegmentationResult(labels, self.class_names, self.palette, probs, source))
+        return results
+
+    @property
+    def palette(self) -> list[tuple[int, int, int]]:
+        from tinyvim_deploy.export.metadata import palette_from_metadata
+
+        recorded = palette_from_metadata(getattr(self.backend, "metadata", None) or {})
+        return recorded or list(self.spec.palette)
 
     def classify(self, decoded: Sequence[tuple[np.ndarray, str]], batch_size: int | None = None
                  ) -> list[ClassificationResult]:

@@ -23,6 +23,17 @@ def prediction_table(result: ClassificationResult) -> Group:
     return Group(Text(result.source, style="bold"), table)  # a long path must not wrap inside a title
 
 
+def segmentation_table(result, top: int = 5) -> Group:
+    """tvdeploy predict on a segmentor: the classes covering most of the image."""
+    table = Table()
+    for col, justify in (("rank", "right"), ("class", "right"), ("label", "left"), ("area", "right")):
+        table.add_column(col, justify=justify)
+    for rank, (index, label, area) in enumerate(result.areas(top), start=1):
+        table.add_row(str(rank), str(index), label, f"{area:.1%}")
+    h, w = result.labels.shape
+    return Group(Text(f"{result.source} ({w}x{h})", style="bold"), table)
+
+
 def bench_table(r: BenchResult) -> Group:
     table = Table()
     for col in ("stage", "mean", "std", "min", "p50", "p90", "p99", "max"):
@@ -100,3 +111,17 @@ def check_table(report, artifact: str) -> Group:
     lines = [Text.from_markup(f"[bold]{artifact}[/]: opset {report.opset}, checked against {report.table}'s ONNX parser"),
              table, *(Text(n) for n in report.graph_notes), Text.from_markup(verdict)]
     return Group(*lines)
+
+
+def eval_table(metrics, class_names, title: str) -> Group:
+    """tvdeploy eval: mIoU and aAcc, then the IoU of every class that occurs."""
+    import math
+
+    table = Table()
+    for col, justify in (("class", "right"), ("label", "left"), ("IoU", "right")):
+        table.add_column(col, justify=justify)
+    for i, (name, iou) in enumerate(zip(class_names, metrics.iou)):
+        if not math.isnan(iou):
+            table.add_row(str(i), name, f"{iou:.4f}")
+    summary = f"mIoU {metrics.miou:.4f} · aAcc {metrics.aacc:.4f} · {metrics.images} images"
+    return Group(Text(title, style="bold"), table, Text(summary, style="bold"))
