@@ -48,14 +48,15 @@ def models_cmd() -> None:
     from tinyvim_deploy.models import get_spec, list_models
 
     table = Table(title="tinyvim-deploy models")
-    for col in ("name", "task", "params", "GMACs", "default input", "crop", "classes"):
+    for col in ("name", "task", "params", "GMACs", "default input", "preprocessing", "classes"):
         table.add_column(col, justify="right" if col in ("params", "GMACs", "classes") else "left")
     for name in list_models():
         s = get_spec(name)
         c, h, w = s.input_size
         table.add_row(
             name, s.task, f"{s.params / 1e6:.2f} M", f"{s.macs / 1e9:.3f}", f"{c}x{h}x{w}",
-            f"{s.crop_pct} {s.interpolation}", str(s.num_classes),
+            f"{s.resize_mode} to {s.size_multiple}, {s.interpolation}" if s.task == "segmentation"
+            else f"crop {s.crop_pct} {s.interpolation}", str(s.num_classes),
         )
     console.print(table)
 
