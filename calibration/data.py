@@ -150,6 +150,10 @@ def load_calibration_set(
 
 
 def _prep(images, spec: ModelSpec, hw) -> np.ndarray:
+    if spec.task == "segmentation":  # the segmentation pipeline, fitted into the artifact's size
+        from tinyvim_deploy.segmentation import prepare
+
+        return np.stack([prepare(rgb, spec, hw)[0] for rgb in images])
     return preprocess(images, hw, crop_pct=spec.crop_pct, interpolation=spec.interpolation, mean=spec.mean,
                       std=spec.std)
 

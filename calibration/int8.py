@@ -73,10 +73,14 @@ def quantize_onnx(
     ranges, hit = get_ranges(float_path, calib, method, cache_path)
     write_trt_calibration_table(ranges, trt_table)
 
-    budget = choose_float_groups(float_path, quantizable_groups(proto), ranges, method, quant_profile,
+    # Segmentors: the MatMuls are the prototype / SSA cosine tails and attention, all precision-sensitive
+    # and tiny (cgrseg.md §10, ssa.md §8 #7): always float. Only their convs are quantized.
+    always_float = [n.name for n in proto.graph.node if n.op_type == "MatMul"] if spec.task == "segmentation" else []
+    groups = {g: [n for n in nodes if n not in always_float] for g, nodes in quantizable_groups(proto).items()}
+    budget = choose_float_groups(float_path, {g: n for g, n in groups.items() if n}, ranges, method, quant_profile,
                                  calib.tensors, calib.labels, min_agreement=min_agreement, max_drop=max_drop,
                                  progress=on_step)
-    excluded = [n for g in budget.groups if g.decision == "float" for n in g.nodes]
+    excluded = [n for g in budget.groups if g.decision == "float" for n in g.nodes] + always_float
     with atomic_output(out) as tmp:
         quantize_with_ranges(float_path, tmp, ranges, method, quant_profile, nodes_to_exclude=excluded)
         quantized = onnx.load(str(tmp))

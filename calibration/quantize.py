@@ -73,13 +73,21 @@ def quantizable_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
 
 
 def module_group(weight_name: str) -> str:
+    """The block a weight belongs to: its path up to the last index of the first run of indices.
+
+    ``network.4.2.dwconv.weight`` -> ``network.4.2``; ``backbone.network.4.2.mlp.fc1.weight`` ->
+    ``backbone.network.4.2``; ``decode_head.SIM.0.fuse1.conv.weight`` -> ``decode_head.SIM.0``; a path
+    without indices is its module (``head.weight`` -> ``head``, ``decode_head.conv_seg.weight`` ->
+    ``decode_head.conv_seg``).
+    """
     parts = weight_name.split(".")
-    keep = [parts[0]]
-    for part in parts[1:]:
-        if not re.fullmatch(r"\d+", part):
-            break
-        keep.append(part)
-    return ".".join(keep)
+    indices = [i for i, part in enumerate(parts) if re.fullmatch(r"\d+", part)]
+    if not indices:
+        return ".".join(parts[:-1]) or parts[0]
+    end = indices[0]
+    while end + 1 < len(parts) and re.fullmatch(r"\d+", parts[end + 1]):
+        end += 1
+    return ".".join(parts[: end + 1])
 
 
 def quantize_with_ranges(float_path, output, ranges: dict, method: str, profile: QuantProfile,

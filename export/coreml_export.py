@@ -129,9 +129,11 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
     spec = model.spec
     hw = parse_input_size(input_size, tuple(spec.input_size[1:]))
     check_input_size(*hw, spec.size_multiple)
-    if spec.task != "classification":
-        raise ExportError(f"Core ML export supports classifiers for now; {model_name} is {spec.task}.")
+    if spec.task not in ("classification", "segmentation"):
+        raise ExportError(f"Core ML export supports classifiers and segmentors; {model_name} is {spec.task}.")
     deploy = reparameterize(model)
+    if hasattr(deploy, "prepare_for_size"):  # segmentors: size-dependent constants (attention biases)
+        deploy.prepare_for_size(*hw)
     folded = fold_input_std(copy.deepcopy(deploy), spec.std)
 
     # Exactness of the folding, in PyTorch (Core ML itself cannot run here).
@@ -155,7 +157,9 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
             program,
             inputs=[ct.ImageType(name="image", shape=(1, 3, *hw), scale=1 / 255.0, bias=[-m for m in mean],
                                  color_layout=ct.colorlayout.RGB)],
-            classifier_config=ct.ClassifierConfig(list(spec.class_names)),
+            # a classifier's outputs are (classLabel, classLabel_probs); a segmentor's are the logits
+            classifier_config=ct.ClassifierConfig(list(spec.class_names)) if spec.task == "classification" else None,
+            outputs=[ct.TensorType(name="logits")] if spec.task == "segmentation" else None,
             convert_to="mlprogram",
             minimum_deployment_target=getattr(ct.target, minimum_target),
             compute_precision=compute_precision,
@@ -174,7 +178,9 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
     mlmodel.version = tinyvim_deploy.__version__
     weights_int8 = weights_int8 or w8a8
     scan_note = ", scan fp32" if precision == "fp16" and scan_fp32 else ""
-    mlmodel.short_description = (f"{model_name} image classifier, {hw[0]}x{hw[1]}, {precision}{scan_note}"
+    kind = "image classifier" if spec.task == "classification" else "semantic segmentation (logits at 1/"\
+        f"{spec.output_stride}; resize, crop and argmax in the app)"
+    mlmodel.short_description = (f"{model_name} {kind}, {hw[0]}x{hw[1]}, {precision}{scan_note}"
                                  + (", int8 weights and activations" if w8a8 else ", int8 weights" if weights_int8
                                     else ""))
     meta = build_metadata(spec, input_hw=hw, batch=1, opset=0, scan_impl="pytorch", custom_ops="none",

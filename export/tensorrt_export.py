@@ -42,6 +42,9 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # Kept in FP32 in FP16 builds: the scan (exp/softplus of the decay, a long product of factors < 1:
 # OPS.md, spec §11.10) and the normalisations whose reductions lose accuracy in half precision.
 FP32_OP_TYPES = ("LayerNormalization", "Softmax")
+# Segmentors add their prototype / SSA tails: the matmuls after the softmaxes and the L2 norms of the
+# cosine classifier (cgrseg.md §10 #5, ssa.md §8 #1–3); EfficientFormerV2's attention matmuls go with them.
+FP32_OP_TYPES_SEGMENTATION = FP32_OP_TYPES + ("MatMul", "ReduceL2")
 FP32_FUNCTION_PREFIX = f"{DOMAIN}.SelectiveScan/"
 # Relative tolerance of a build against its reference: max abs diff <= rtol * max(1, max |reference|).
 RTOL = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2}
@@ -75,9 +78,13 @@ def name_function_nodes(model: onnx.ModelProto) -> None:
 
 
 def fp32_node_names(model: onnx.ModelProto) -> list[str]:
-    """Top-level nodes to keep in FP32: the inlined scan and the FP32_OP_TYPES."""
+    """Top-level nodes to keep in FP32: the inlined scan and the FP32 op types of the model's task."""
+    from tinyvim_deploy.export.metadata import read_metadata
+
+    segmentation = read_metadata(model).get("task") == "segmentation"
+    op_types = FP32_OP_TYPES_SEGMENTATION if segmentation else FP32_OP_TYPES
     return [n.name for n in model.graph.node
-            if n.name.startswith(FP32_FUNCTION_PREFIX) or n.op_type in FP32_OP_TYPES
+            if n.name.startswith(FP32_FUNCTION_PREFIX) or n.op_type in op_types
             or (n.domain == DOMAIN and n.op_type == "SelectiveScan")]
 
 
@@ -325,9 +332,10 @@ def export_tensorrt(onnx_path: Path, torch_model: Any, *, output: Path | None, o
     source = onnx.load(str(onnx_path))
     prepared = prepare_onnx(source, options.precision, plugins=bool(options.plugin_libs))
     reference = reference_outputs(torch_model, reference_onnx, inputs)
+    task = read_metadata(source).get("task", "classification")
     prepared_check = None
     if not options.plugin_libs:  # what TensorRT will compute, run first where it is cheap: ORT on the CPU
-        prepared_check = compare_outputs(lambda x: run_onnx(prepared, x), reference, options.precision)
+        prepared_check = compare_outputs(lambda x: run_onnx(prepared, x), reference, options.precision, task)
         if not prepared_check.passed:
             raise ValidationError(f"The {options.precision} graph prepared for TensorRT differs from its reference "
                                   f"in ONNX Runtime (max abs diff {prepared_check.max_abs:.2e}); nothing was built.")
@@ -351,7 +359,7 @@ def export_tensorrt(onnx_path: Path, torch_model: Any, *, output: Path | None, o
         engine_tmp.write_bytes(plan)
         sidecar_tmp.write_text(json.dumps(sidecar.to_json(), indent=2) + "\n", encoding="utf-8")
         with TensorRTBackend(engine_tmp, device="cuda", sidecar=sidecar) as backend:
-            engine_check = compare_outputs(backend.run, reference, options.precision)
+            engine_check = compare_outputs(backend.run, reference, options.precision, task)
         if not engine_check.passed:
             raise ValidationError(f"The TensorRT engine differs from its reference (max abs diff "
                                   f"{engine_check.max_abs:.2e} > {engine_check.atol:.2e}); nothing was written.")
@@ -382,7 +390,8 @@ def run_onnx(model: onnx.ModelProto, batch: np.ndarray) -> list[np.ndarray]:
 
 
 def compare_outputs(run: Callable[[np.ndarray], list[np.ndarray]],
-                    reference: dict[str, tuple[np.ndarray, np.ndarray]], precision: str) -> Any:
+                    reference: dict[str, tuple[np.ndarray, np.ndarray]], precision: str,
+                    task: str = "classification") -> Any:
     """A ValidationReport of ``run`` against the reference, with the precision's tolerance."""
     from tinyvim_deploy.export.validate import ValidationReport, compare
 
@@ -390,5 +399,5 @@ def compare_outputs(run: Callable[[np.ndarray], list[np.ndarray]],
     atol = 0.0
     for name, (x, ref) in reference.items():
         atol = max(atol, tolerance(precision, ref))
-        checks.append(compare(ref, run(x)[0], name, tolerance(precision, ref), "classification"))
+        checks.append(compare(ref, run(x)[0], name, tolerance(precision, ref), task))
     return ValidationReport(checks, atol)

@@ -11,6 +11,9 @@ from tinyvim_deploy.errors import CheckpointError
 from tinyvim_deploy.models.checkpoint import Checkpoint, load_checkpoint, load_weights
 from tinyvim_deploy.models.registry import get_constructor, get_spec
 
+# The weight whose first dimension is the class count, per task (a checkpoint's head sets num_classes).
+CLASSIFIER_KEYS = {"classification": "head.weight", "segmentation": "decode_head.conv_seg.weight"}
+
 
 def create_model(
     name: str,
@@ -30,8 +33,8 @@ def create_model(
     checkpoint: Checkpoint | None = load_checkpoint(weights, use_ema=use_ema) if weights is not None else None
     distillation = True
     if checkpoint is not None and not features_only:
-        head = checkpoint.state_dict.get("head.weight")
-        if head is not None and head.ndim == 2:
+        head = checkpoint.state_dict.get(CLASSIFIER_KEYS.get(spec.task, ""))
+        if head is not None and head.ndim in (2, 4):  # a Linear head, or a segmentor's 1x1 conv_seg
             if num_classes is not None and num_classes != head.shape[0]:
                 raise CheckpointError(
                     f"Checkpoint {checkpoint.path} has a {head.shape[0]}-class head but num_classes={num_classes} "

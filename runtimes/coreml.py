@@ -58,13 +58,19 @@ class CoreMLBackend(Backend):
         from tinyvim_deploy.preprocess import to_pixels
 
         out = []
-        for image in to_pixels(batch, self._mean, self._std):
-            probs = self.model.predict({"image": Image.fromarray(image)})["classLabel_probs"]
-            out.append([probs[name] for name in self.class_names])
+        for image in to_pixels(batch, self._mean, self._std):  # (a segmentor's zero padding -> the mean colour)
+            prediction = self.model.predict({"image": Image.fromarray(image)})
+            if self.spec.task == "segmentation":
+                out.append(np.asarray(prediction["logits"], np.float32)[0])
+            else:
+                probs = prediction["classLabel_probs"]
+                out.append([probs[name] for name in self.class_names])
         return [np.asarray(out, np.float32)]
 
     def inputs(self) -> list[TensorInfo]:
         return [TensorInfo("image", (1, 3, *self.input_hw), "image RGB")]
 
     def outputs(self) -> list[TensorInfo]:
+        if self.spec.task == "segmentation":
+            return [TensorInfo("logits", (1, self.spec.num_classes, None, None), "float32")]
         return [TensorInfo("classLabel_probs", (1, self.spec.num_classes), "float32")]

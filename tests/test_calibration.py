@@ -155,6 +155,8 @@ def test_each_method_gives_a_runnable_qdq_model_with_custom_ops_untouched(small_
 def test_groups_follow_modules(small_onnx):
     groups = quantizable_groups(onnx.load(str(small_onnx)))
     assert module_group("network.4.2.dwconv.weight") == "network.4.2" and module_group("head.weight") == "head"
+    assert module_group("backbone.network.4.2.mlp.fc1.weight") == "backbone.network.4.2"
+    assert module_group("decode_head.SIM.0.fuse1.conv.weight") == "decode_head.SIM.0"
     assert "network.4.2" in groups and "head" in groups and sum(map(len, groups.values())) == 90
 
 

@@ -66,6 +66,19 @@ def test_fp16_program_keeps_exactly_the_scan_in_fp32(packages):
     assert fp32["mul"] > 50 and sum(fp32.values()) < 0.6 * sum(packages["fp16"].op_counts.values())
 
 
+def test_segmentor_package_outputs_logits(tmp_path):
+    from tinyvim_deploy.export.coreml_export import export_coreml
+
+    result = export_coreml("cgrseg-t", output=tmp_path / "cgrseg_t.mlpackage")
+    spec = ct.models.MLModel(str(result.path), skip_model_load=True).get_spec()
+    assert [(o.name, o.type.WhichOneof("Type")) for o in spec.description.output] == [("logits", "multiArrayType")]
+    (image,) = spec.description.input
+    assert (image.type.imageType.width, image.type.imageType.height) == (512, 512)
+    user = dict(spec.description.metadata.userDefined)
+    assert user["tinyvim_deploy.task"] == "segmentation" and user["tinyvim_deploy.output_stride"] == "8"
+    assert result.flagged_ops == {} and result.fold_max_abs_diff < 1e-4 and "classify" not in result.op_counts
+
+
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS can calibrate")
 def test_w8a8_needs_macos_and_calibration_data(tmp_path):
     r = tvdeploy("export", "--model", "tinyvim-s", "--target", "coreml", "--w8a8", "--calib-data", tmp_path,

@@ -229,3 +229,21 @@ def test_devices_and_the_bench_compare_row_without_tensorrt(tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     (row,) = compare_formats("tinyvim-s", ["trt"], workdir=tmp_path, iterations=1, warmup=0)
     assert row.status.startswith("unavailable: TensorRT is not installed here") and not list(tmp_path.glob("*.onnx"))
+
+
+def test_segmentor_fp16_graph_keeps_its_tails_in_fp32(tmp_path):
+    """tinyvim-s-cgrseg-ssa: prototype/SSA matmuls and L2 norms stay FP32; TensorRT's parser takes the graph."""
+    from tinyvim_deploy.export.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    path = export_onnx("tinyvim-s-cgrseg-ssa", output=tmp_path / "ssa.onnx", input_size=128, photos_dir=None).path
+    source = onnx.load(str(path))
+    prepared = te.prepare_onnx(source, "fp16")
+    kinds = value_types(prepared)
+    tails = [n for n in prepared.graph.node if n.op_type in ("MatMul", "ReduceL2", "Softmax")]
+    assert len(tails) >= 8 and all(kinds[i] == onnx.TensorProto.FLOAT for n in tails for i in n.input if i)
+    assert check_onnx(source, "10.15").supported
+    x = np.random.default_rng(0).standard_normal((1, 3, 128, 128), dtype=np.float32)
+    ref, got = te.run_onnx(source, x)[0], te.run_onnx(prepared, x)[0]
+    assert np.abs(got - ref).max() <= te.tolerance("fp16", ref)
+    assert np.mean(got.argmax(1) == ref.argmax(1)) > 0.99

@@ -78,3 +78,47 @@ def train_synthetic_classifier(model_name: str = "tinyvim-s", *, per_class: int 
     history = train_classifier(model, tensors, labels, epochs=epochs, lr=lr, seed=seed, device=device,
                                progress=progress)
     return model.cpu(), history
+
+
+def train_segmenter(
+    model: nn.Module, tensors: np.ndarray, labels: np.ndarray, *, epochs: int = 10, batch_size: int = 8,
+    lr: float = 1e-3, weight_decay: float = 0.01, seed: int = 0, device: str = "cpu",
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train a segmentor in place on N×3×H×W tensors and N×H×W labels (255 ignored); mean loss per epoch.
+
+    The logits (at 1/output_stride) are resized to the labels bilinearly, as mmseg's decode-head loss does.
+    """
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(tensors) / batch_size)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    loss_fn = nn.CrossEntropyLoss(ignore_index=255)
+    x_all, y_all = torch.from_numpy(tensors), torch.from_numpy(labels.astype(np.int64))
+    history = []
+    for epoch in range(epochs):
+        order = torch.from_numpy(rng.permutation(len(tensors)))
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            x, y = x_all[idx].to(device), y_all[idx].to(device)
+            if rng.random() < 0.5:  # horizontal flip of image and labels together
+                x, y = x.flip(3), y.flip(2)
+            logits = F.interpolate(model(x), size=y.shape[1:], mode="bilinear", align_corners=False)
+            loss = loss_fn(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        history.append(total / len(tensors))
+        if progress:
+            progress(epoch, history[-1])
+    model.eval()
+    return history
