@@ -73,6 +73,22 @@ def test_labels_come_back_at_the_original_size_through_crop_and_resize():
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("hw, crop, stride", [((70, 100), (32, 48), (21, 30)), ((20, 30), (32, 48), (21, 32)),
+                                              ((64, 96), (32, 48), (32, 48))])
+def test_sliding_windows_cover_every_pixel_and_average_overlaps(hw, crop, stride):
+    from tinyvim_deploy.segmentation import slide_logits
+
+    x = np.random.default_rng(0).standard_normal((3, *hw)).astype(np.float32)
+    seen = []
+
+    def run(window):  # "logits" = the window itself at half resolution: exact under the bilinear resize back
+        seen.append(window.shape)
+        return torch.nn.functional.avg_pool2d(torch.from_numpy(window), 1).numpy()
+
+    np.testing.assert_allclose(slide_logits(run, x, crop, stride), x, atol=1e-6)
+    assert all(shape == (1, 3, *crop) for shape in seen)  # a fixed-size artifact always gets its size
+
+
 def test_result_overlay_and_areas():
     labels = np.zeros((4, 6), np.uint8)
     labels[:, 4:] = 2
@@ -164,6 +180,18 @@ def test_torch_and_onnx_give_the_same_label_maps_on_the_photos(seg_model):
         assert a.labels.shape == original.shape[:2] == b.labels.shape
         assert np.mean(a.labels == b.labels) >= 0.999, photo.name
         assert a.overlay(original).shape == original.shape
+
+
+@pytest.mark.slow
+def test_sliding_window_prediction_at_full_resolution(seg_model, tmp_path):
+    _, onnx_path = seg_model
+    need_shared(PHOTOS)
+    predictor = tv.Predictor(onnx_path)
+    whole, slid = predictor(PHOTOS / "rocket.jpg"), predictor.segment([predictor.decode(PHOTOS / "rocket.jpg")],
+                                                                       slide=True)[0]
+    assert slid.labels.shape == whole.labels.shape == (427, 640)
+    r = tvdeploy("predict", onnx_path, PHOTOS / "rocket.jpg", "--slide", "--stride", "256")
+    assert r.returncode == 0 and "rocket.jpg (640x427)" in r.stdout, r.stderr
 
 
 @pytest.mark.slow

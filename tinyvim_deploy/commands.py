@@ -306,6 +306,8 @@ def predict_cmd(
     labels: Path | None = typer.Option(None, "--labels", help="Class names, one per line."),
     batch: int = typer.Option(8, "--batch", help="Images per inference call."),
     save_dir: Path | None = typer.Option(None, "--save-dir", help="Segmentation: write overlays and label PNGs here."),
+    slide: bool = typer.Option(False, "--slide", help="Segmentation: sliding windows of the artifact's input size."),
+    stride: str | None = typer.Option(None, "--stride", help="With --slide: N or HxW (default 2/3 of the window)."),
 ) -> None:
     """Classify or segment images. A file that cannot be read is reported and skipped; the exit code is then 1."""
     from tinyvim_deploy.fileio import write_json
@@ -328,14 +330,17 @@ def predict_cmd(
             errors.append({"source": str(path), "error": str(e)})
             err_console.print(f"[yellow]skipped:[/] {e}", highlight=False, soft_wrap=True)
     if predictor.task == "segmentation":
-        results = predictor.segment(decoded)
+        from tinyvim_deploy.models import parse_input_size
+
+        step = parse_input_size(stride, None) if stride else None
+        results = predictor.segment(decoded, slide=slide, stride=step)
         for result, (rgb, _) in zip(results, decoded):
             console.print(segmentation_table(result, topk))
             if save_dir:
                 _save_segmentation(save_dir, result, rgb)
     else:
-        if save_dir:
-            raise ArtifactError("--save-dir writes segmentation overlays; this model is a classifier.")
+        if save_dir or slide:
+            raise ArtifactError("--save-dir and --slide are for segmentation; this model is a classifier.")
         results = predictor.classify(decoded, batch_size=batch)
         for result in results:
             console.print(prediction_table(result))

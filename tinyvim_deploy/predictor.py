@@ -105,15 +105,26 @@ class Predictor:
         results = self.segment(decoded, probabilities) if self.task == "segmentation" else self.classify(decoded)
         return results[0] if single else results
 
-    def segment(self, decoded: Sequence[tuple[np.ndarray, str]], probabilities: bool = False) -> list:
-        """SegmentationResults (label maps at each image's own size) for decoded (RGB, name) pairs."""
-        from tinyvim_deploy.segmentation import SegmentationResult, labels_from_logits, prepare
+    def segment(self, decoded: Sequence[tuple[np.ndarray, str]], probabilities: bool = False,
+                slide: bool = False, stride: tuple[int, int] | None = None) -> list:
+        """SegmentationResults (label maps at each image's own size) for decoded (RGB, name) pairs.
 
-        box = None if self.backend.dynamic_hw else self.backend.input_hw
+        ``slide``: mmseg's sliding-window mode — the image goes through the official pipeline at full
+        size and the artifact (its input size is the window) runs on overlapping windows, ``stride``
+        apart (default: 2/3 of the window, as mmseg's 512/341 configs).
+        """
+        from tinyvim_deploy.segmentation import SegmentationResult, labels_from_logits, prepare, slide_logits
+
+        box = None if self.backend.dynamic_hw or slide else self.backend.input_hw
+        window = tuple(self.backend.input_hw)
+        step = stride or (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))
         results = []
         for rgb, source in decoded:  # one image per call: sizes differ (the official test mode)
             x, plan = prepare(rgb, self.spec, box)
-            logits = self.backend.run(x[None])[0][0]
+            if slide:
+                logits = slide_logits(lambda w: self.backend.run(w)[0], x, window, step)
+            else:
+                logits = self.backend.run(x[None])[0][0]
             labels, probs = labels_from_logits(logits, plan, probabilities)
             results.append(SegmentationResult(labels, self.class_names, self.palette, probs, source))
         return results

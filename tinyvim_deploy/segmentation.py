@@ -78,6 +78,37 @@ def prepare(rgb: np.ndarray, spec: ModelSpec, input_hw: tuple[int, int] | None =
     return x, plan
 
 
+def slide_logits(run, x: np.ndarray, crop: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
+    """mmseg's sliding-window inference over one [3, H, W] input: windows of ``crop`` every ``stride``.
+
+    Each window's logits are resized to the window (bilinear) and summed into place; overlaps are
+    averaged. A window smaller than ``crop`` (an input smaller than it) is zero-padded to ``crop`` for
+    fixed-size artifacts and its logits cropped back. ``run`` maps [1, 3, h, w] -> [1, K, h', w'].
+    """
+    import torch
+    import torch.nn.functional as F
+
+    _, height, width = x.shape
+    (ch, cw), (sh, sw) = crop, stride
+    rows = max(height - ch + sh - 1, 0) // sh + 1
+    cols = max(width - cw + sw - 1, 0) // sw + 1
+    total = count = None
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * sh + ch, height), min(c * sw + cw, width)
+            y1, x1 = max(y2 - ch, 0), max(x2 - cw, 0)
+            window = np.zeros((1, 3, ch, cw), np.float32)
+            window[0, :, : y2 - y1, : x2 - x1] = x[:, y1:y2, x1:x2]
+            logits = torch.from_numpy(np.ascontiguousarray(run(window), dtype=np.float32))
+            logits = F.interpolate(logits, size=(ch, cw), mode="bilinear", align_corners=False)[0]
+            if total is None:
+                total = torch.zeros((logits.shape[0], height, width))
+                count = torch.zeros((1, height, width))
+            total[:, y1:y2, x1:x2] += logits[:, : y2 - y1, : x2 - x1]
+            count[:, y1:y2, x1:x2] += 1
+    return (total / count).numpy()
+
+
 def logits_to_original(logits: np.ndarray, plan: InputPlan):
     """[K, h, w] logits -> [K, H0, W0] torch tensor at the original image size (steps 1–3 of §9)."""
     import torch
