@@ -124,14 +124,22 @@ def export_onnx(
     atol: float = 1e-4,
     validate: bool = True,
     photos_dir: str | os.PathLike | None = None,
+    include_postprocess: bool = False,
     console=None,
 ) -> ExportResult:
+    """Export, simplify, attach metadata, validate against PyTorch, write (atomically) only if it passes.
+
+    ``include_postprocess`` (segmentors): the graph also resizes the logits to its input size and
+    takes the argmax, so it outputs an int32 label map; validated by pixel agreement.
+    """
     import time
 
     import tinyvim_deploy
     from tinyvim_deploy.models import check_input_size, create_model, get_spec, reparameterize
 
     spec = get_spec(model_name)
+    if include_postprocess and spec.task != "segmentation":
+        raise ExportError("--include-postprocess is for segmentors (a label map out of the graph).")
     size = parse_input_size(input_size, spec.input_size[1:])
     check_input_size(*size, spec.size_multiple)
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -150,6 +158,11 @@ def export_onnx(
     deploy = reparameterize(model)
     if not dynamic_batch and hasattr(deploy, "prepare_for_size"):  # size-dependent constants (segmentors)
         deploy.prepare_for_size(*size)
+    reference = model  # what the file is validated against (unfused, as the official code runs)
+    if include_postprocess:
+        from tinyvim_deploy.models.segmentors import WithLabelOutput
+
+        deploy, reference = WithLabelOutput(deploy), WithLabelOutput(model)
     example = torch.randn(2 if dynamic_batch and batch == 1 else batch, 3, *size, generator=torch.Generator().manual_seed(0))
     try:
         proto = _torch_export(deploy, example, opset, dynamic_batch)
@@ -170,6 +183,8 @@ def export_onnx(
         toolkit_version=tinyvim_deploy.__version__,
     )
     metadata["simplifier"] = tool
+    if include_postprocess:
+        metadata["postprocess"] = "resize+argmax"  # the output is an int32 label map at the input size
     write_metadata(proto, metadata)
     proto.producer_name, proto.producer_version = "tinyvim-deploy", tinyvim_deploy.__version__
     onnx.checker.check_model(proto, full_check=True)
@@ -181,7 +196,7 @@ def export_onnx(
         if validate:
             batches = [1, 3] if dynamic_batch else [batch]
             inputs = validation_inputs(size, batches, model.spec, photos_dir)
-            report = validate_onnx(tmp, model, inputs, atol=atol, task=model.spec.task)
+            report = validate_onnx(tmp, reference, inputs, atol=atol, task=spec.task)
             if not report.passed:
                 raise ValidationError(
                     f"Exported model differs from PyTorch: max abs diff {report.max_abs:.2e} > atol {atol:g}; "

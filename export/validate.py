@@ -21,6 +21,7 @@ class Check:
     top1_agree: float | None  # classification: samples whose argmax agrees; segmentation: pixels whose argmax agrees
     passed: bool
     miou: float | None = None  # segmentation: mIoU of the candidate's argmax map against the reference's
+    labels: bool = False  # integer label maps were compared (max_abs/mean_abs = fraction of pixels that differ)
 
 
 @dataclasses.dataclass
@@ -88,6 +89,10 @@ def validation_inputs(size: tuple[int, int], batches: Sequence[int], spec, photo
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, name: str, atol: float, task: str) -> Check:
+    if np.issubdtype(reference.dtype, np.integer):  # label maps (--include-postprocess): pixels, not values
+        agree = float(np.mean(reference == candidate))
+        miou = map_agreement_miou(reference, candidate, int(max(reference.max(), candidate.max())) + 1)
+        return Check(name, 1.0 - agree, 1.0 - agree, agree, agree >= 0.999, miou, labels=True)
     diff = np.abs(reference.astype(np.float64) - candidate)
     top1 = miou = None
     if task == "classification" and reference.ndim == 2:
@@ -129,14 +134,20 @@ def print_report(report: ValidationReport, console, title: str = "ONNX Runtime v
 
     table = Table(title=title)
     segmentation = any(c.miou is not None for c in report.checks)
-    columns = ["input", "max abs diff", "mean abs diff", "pixels agree" if segmentation else "top-1 agree"]
+    labels = all(c.labels for c in report.checks)
+    columns = ["input", *(("pixels differ",) if labels else ("max abs diff", "mean abs diff")),
+               "pixels agree" if segmentation else "top-1 agree"]
     for col in columns + (["mIoU (argmax)"] if segmentation else []) + ["verdict"]:
         table.add_column(col)
     for c in report.checks:
         top1 = "-" if c.top1_agree is None else f"{c.top1_agree:.{2 if segmentation else 0}%}"
         verdict = "[green]✓[/]" if c.passed else "[red]✗[/]"
         extra = [f"{c.miou:.4f}" if c.miou is not None else "-"] if segmentation else []
-        table.add_row(c.name, f"{c.max_abs:.2e}", f"{c.mean_abs:.2e}", top1, *extra, verdict)
+        diffs = [f"{c.max_abs:.2%}"] if labels else [f"{c.max_abs:.2e}", f"{c.mean_abs:.2e}"]
+        table.add_row(c.name, *diffs, top1, *extra, verdict)
     console.print(table)
     word = "[bold green]✓ PASS[/]" if report.passed else "[bold red]✗ FAIL[/]"
-    console.print(f"{word}: max abs diff {report.max_abs:.2e} (atol {report.atol:g})")
+    if all(c.labels for c in report.checks):
+        console.print(f"{word}: label maps differ on {report.max_abs:.3%} of pixels at most (allowed 0.1%: argmax ties)")
+    else:
+        console.print(f"{word}: max abs diff {report.max_abs:.2e} (atol {report.atol:g})")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinyvim_deploy.models.cgrseg import HEAD_CONFIGS, CGRSegHead, CGRSegHeadConfig
@@ -54,6 +56,24 @@ class Segmentor(nn.Module):
 
             return drop_training_only(state_dict, "decode_head.")
         return state_dict, []
+
+
+class WithLabelOutput(nn.Module):
+    """A segmentor whose graph ends in the label map: logits resized to the input size, argmax, int32.
+
+    For apps that want labels straight from the runtime (``--include-postprocess``). The Predictor then
+    crops and resizes *labels* (nearest) to the image, which can differ from resizing logits at
+    class boundaries; without it the Predictor follows the official order (cgrseg.md §9).
+    """
+
+    def __init__(self, segmentor: nn.Module):
+        super().__init__()
+        self.segmentor = segmentor
+        self.spec = getattr(segmentor, "spec", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = F.interpolate(self.segmentor(x), size=x.shape[2:], mode="bilinear", align_corners=False)
+        return logits.argmax(1).to(torch.int32)
 
 
 def _tinyvim_dense(name: str) -> nn.Module:

@@ -287,3 +287,20 @@ def test_cli_export_and_predict_cgrseg_t(tmp_path):
     r = tvdeploy("predict", tmp_path / "cgrseg-t.onnx", PHOTOS, "--save-dir", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("area") == 9 and len(list((tmp_path / "out").glob("*_overlay.png"))) == 9
+
+
+def test_include_postprocess_outputs_a_label_map(tmp_path):
+    from tinyvim_deploy.export.onnx_export import export_onnx
+    from tinyvim_deploy.export.validate import ort_session
+
+    torch.manual_seed(0)
+    result = export_onnx("cgrseg-t", output=tmp_path / "pp.onnx", input_size=256, photos_dir=None,
+                         include_postprocess=True)
+    assert result.report.passed and result.report.checks[0].labels and result.metadata["postprocess"] == "resize+argmax"
+    session = ort_session(str(result.path))
+    (out,) = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, 256, 256), np.float32)})
+    assert out.dtype == np.int32 and out.shape == (1, 256, 256)
+    labels = tv.Predictor(result.path)(np.zeros((100, 300, 3), np.uint8)).labels
+    assert labels.shape == (100, 300) and labels.dtype == np.uint8
+    with pytest.raises(tv.ExportError, match="segmentors"):
+        export_onnx("tinyvim-s", output=tmp_path / "c.onnx", include_postprocess=True)

@@ -39,6 +39,8 @@ def export_cmd(
     scan_impl: str = typer.Option("scan", "--scan-impl", help="SelectiveScan body: scan, unrolled or chunked."),
     atol: float = typer.Option(1e-4, "--atol", help="Validation tolerance (max abs diff)."),
     photos: Path | None = typer.Option(None, "--photos", help="Folder of images for validation."),
+    include_postprocess: bool = typer.Option(False, "--include-postprocess",
+                                             help="Segmentors: resize + argmax in the graph (int32 label map out)."),
     int8: bool = typer.Option(False, "--int8", help="Also write an INT8 QDQ model (needs --calib-data)."),
     calib_data: Path | None = typer.Option(None, "--calib-data", help="Image folder (class subfolders ok) or list file."),
     calib_samples: int = typer.Option(256, "--calib-samples", help="Images used for calibration."),
@@ -93,7 +95,7 @@ def export_cmd(
     result = export_onnx(
         model, weights=weights, output=output, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
         opset=opset, simplify_graph=not no_simplify, inline=inline_custom_ops, scan_impl=scan_impl, atol=atol,
-        photos_dir=photos or default_photos_dir(),
+        photos_dir=photos or default_photos_dir(), include_postprocess=include_postprocess,
     )
     if result.report:
         print_report(result.report, console)
@@ -284,6 +286,10 @@ def validate_cmd(
     torch_model = create_model(name, weights=weights)
     if torch_model.checkpoint and meta.get("weights_sha256") not in (None, torch_model.checkpoint.sha256):
         console.print("[yellow]note:[/] these weights differ from the ones recorded in the file's metadata")
+    if meta.get("postprocess") == "resize+argmax":  # the file outputs labels: compare with labels
+        from tinyvim_deploy.models.segmentors import WithLabelOutput
+
+        torch_model = WithLabelOutput(torch_model)
     dynamic = meta.get("batch") == "dynamic" or proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 0
     batches = [1, 3] if dynamic else [proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value]
     inputs = validation_inputs(onnx_input_hw(proto), batches, torch_model.spec, photos or default_photos_dir())

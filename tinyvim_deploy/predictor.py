@@ -113,7 +113,13 @@ class Predictor:
         size and the artifact (its input size is the window) runs on overlapping windows, ``stride``
         apart (default: 2/3 of the window, as mmseg's 512/341 configs).
         """
-        from tinyvim_deploy.segmentation import SegmentationResult, labels_from_logits, prepare, slide_logits
+        from tinyvim_deploy.segmentation import (
+            SegmentationResult,
+            labels_from_logits,
+            labels_to_original,
+            prepare,
+            slide_logits,
+        )
 
         box = None if self.backend.dynamic_hw or slide else self.backend.input_hw
         window = tuple(self.backend.input_hw)
@@ -121,6 +127,10 @@ class Predictor:
         results = []
         for rgb, source in decoded:  # one image per call: sizes differ (the official test mode)
             x, plan = prepare(rgb, self.spec, box)
+            if self._label_output:  # the graph did resize + argmax: crop, then nearest to the image
+                labels, probs = labels_to_original(self.backend.run(x[None])[0][0], plan), None
+                results.append(SegmentationResult(labels, self.class_names, self.palette, probs, source))
+                continue
             if slide:
                 logits = slide_logits(lambda w: self.backend.run(w)[0], x, window, step)
             else:
@@ -128,6 +138,10 @@ class Predictor:
             labels, probs = labels_from_logits(logits, plan, probabilities)
             results.append(SegmentationResult(labels, self.class_names, self.palette, probs, source))
         return results
+
+    @property
+    def _label_output(self) -> bool:
+        return (getattr(self.backend, "metadata", None) or {}).get("postprocess") == "resize+argmax"
 
     @property
     def palette(self) -> list[tuple[int, int, int]]:

@@ -123,6 +123,16 @@ def logits_to_original(logits: np.ndarray, plan: InputPlan):
     return t[0]
 
 
+def labels_to_original(labels: np.ndarray, plan: InputPlan) -> np.ndarray:
+    """A label map at the network input size (``--include-postprocess`` graphs) -> the original size (nearest)."""
+    import cv2
+
+    valid = np.ascontiguousarray(labels[: plan.resized_hw[0], : plan.resized_hw[1]])
+    if valid.shape != plan.original_hw:
+        valid = cv2.resize(valid.astype(np.int32), plan.original_hw[::-1], interpolation=cv2.INTER_NEAREST)
+    return valid.astype(np.uint8 if valid.max(initial=0) <= 255 else np.int32)
+
+
 def labels_from_logits(logits: np.ndarray, plan: InputPlan, probabilities: bool = False
                        ) -> tuple[np.ndarray, np.ndarray | None]:
     """(label map [H0, W0] uint8 (int32 above 255 classes), optional softmax probabilities [K, H0, W0])."""
