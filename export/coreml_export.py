@@ -10,7 +10,8 @@ Recipe (measured in shared notes/toolchain.md §5/§8):
   ``tinyvim_deploy.*`` metadata in ``user_defined_metadata``;
 - compute precision FP16 (default) or FP32; in FP16 the selective scan's ops stay FP32 (spec
   §11.10: a product of up to L decays below 1), found by the module stack ``torch.export`` records
-  for :class:`~tinyvim_deploy.models.ops.SelectiveScan` (``scan_fp32=False``: all FP16, all on the
+  for :class:`~tinyvim_deploy.models.ops.SelectiveScan`, and so do a segmentation head's own ops
+  (prototype softmaxes and matmuls, SSA's cosine tail) (``scan_fp32=False``: all FP16, all on the
   Neural Engine);
 - optional INT8 weights (per-channel linear symmetric), and W8A8: activations calibrated by
   ``coremltools.optimize.coreml.linear_quantize_activations`` on the INT8 calibration images.
@@ -97,10 +98,23 @@ def fold_input_std(model: torch.nn.Module, std) -> torch.nn.Module:
     return model
 
 
-def scan_node_names(program) -> set[str]:
-    """Nodes of an exported program computed inside a SelectiveScan module (their MIL ops keep these names)."""
-    return {n.name for n in program.graph_module.graph.nodes
-            if any(cls.endswith(".SelectiveScan") for _, cls in (n.meta.get("nn_module_stack") or {}).values())}
+# Modules whose own (non-submodule) ops stay FP32 in an FP16 program: the selective scan, and a
+# segmentation head's prototype / SSA tail (softmaxes, prototype matmuls, norms: cgrseg.md §10, ssa.md §8).
+FP32_MODULES = (".SelectiveScan", ".CGRSegHead", ".DPG")
+
+
+def fp32_node_names(program) -> set[str]:
+    """Nodes of an exported program to keep in FP32 (their MIL ops keep these names).
+
+    A node belongs to the innermost module on its stack: a SelectiveScan's every op, but for a head
+    only what its own forward computes (its convs and linears live in submodules and go FP16).
+    """
+    names = set()
+    for node in program.graph_module.graph.nodes:
+        stack = [cls for _, cls in (node.meta.get("nn_module_stack") or {}).values()]
+        if any(cls.endswith(".SelectiveScan") for cls in stack) or (stack and stack[-1].endswith(FP32_MODULES)):
+            names.add(node.name)
+    return names
 
 
 def export_coreml(model_name: str, *, weights=None, output=None, input_size=None, precision: str = "fp16",
@@ -149,7 +163,7 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
         if precision == "fp32":
             compute_precision = ct.precision.FLOAT32
         elif scan_fp32:
-            keep = scan_node_names(program)
+            keep = fp32_node_names(program)
             compute_precision = ct.transform.FP16ComputePrecision(op_selector=lambda op: op.name not in keep)
         else:
             compute_precision = ct.precision.FLOAT16

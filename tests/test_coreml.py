@@ -77,6 +77,8 @@ def test_segmentor_package_outputs_logits(tmp_path):
     user = dict(spec.description.metadata.userDefined)
     assert user["tinyvim_deploy.task"] == "segmentation" and user["tinyvim_deploy.output_stride"] == "8"
     assert result.flagged_ops == {} and result.fold_max_abs_diff < 1e-4 and "classify" not in result.op_counts
+    # the prototype tail (softmax over positions and classes, the two prototype matmuls) stays FP32
+    assert result.fp32_ops["softmax"] == 2 and result.fp32_ops["matmul"] == 2 and "conv" not in result.fp32_ops
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS can calibrate")
