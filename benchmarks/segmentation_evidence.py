@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="Keep the data, checkpoint and models here.")
+    parser.add_argument("--weights", type=Path, default=None, help="A checkpoint of an earlier run: skip training.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,14 +58,19 @@ def run(args, out: Path) -> None:
     write_segmentation_folder(out / "train", train_images, train_labels)
     val_dir = write_segmentation_folder(out / "val", val_images, val_labels)
 
-    model = tv.create_model(MODEL, num_classes=len(SEG_CLASSES))
-    box = (args.size, args.size)
-    tensors = np.stack([prepare(rgb, model.spec, box)[0] for rgb in train_images])
-    losses = train_segmenter(model, tensors, train_labels, epochs=args.epochs, batch_size=args.batch,
-                             progress=lambda e, loss: print(f"epoch {e + 1}/{args.epochs}: loss {loss:.4f}", flush=True))
-    train_s = time.perf_counter() - t0
     weights = out / "tinyvim_s_cgrseg_synthetic.pth"
-    torch.save({"state_dict": {f"{k}": v for k, v in model.state_dict().items()}}, weights)
+    losses: list[float] = []
+    if args.weights is None:
+        model = tv.create_model(MODEL, num_classes=len(SEG_CLASSES))
+        box = (args.size, args.size)
+        tensors = np.stack([prepare(rgb, model.spec, box)[0] for rgb in train_images])
+        losses = train_segmenter(model, tensors, train_labels, epochs=args.epochs, batch_size=args.batch,
+                                 progress=lambda e, loss: print(f"epoch {e + 1}/{args.epochs}: loss {loss:.4f}",
+                                                                flush=True))
+        torch.save({"state_dict": model.state_dict()}, weights)
+    else:
+        weights = args.weights
+    train_s = time.perf_counter() - t0
 
     def score(artifact, **options) -> float:
         with tv.Predictor(artifact, threads=args.threads, **options) as predictor:
@@ -79,8 +85,9 @@ def run(args, out: Path) -> None:
     rows["ONNX Runtime INT8 (ort-cpu, entropy)"] = score(int8.path)
 
     print(f"\n{cpu_description()}, {args.threads} threads, torch {torch.__version__}; {args.train} training / "
-          f"{args.val} held-out scenes at {args.size}x{args.size}, {args.epochs} epochs (loss {losses[0]:.3f} -> "
-          f"{losses[-1]:.3f}), trained in {train_s / 60:.1f} min")
+          f"{args.val} held-out scenes at {args.size}x{args.size}, {args.epochs} epochs"
+          + (f" (loss {losses[0]:.3f} -> {losses[-1]:.3f}), trained in {train_s / 60:.1f} min" if losses
+             else f", weights from {weights}"))
     print("\n| model | mIoU (held-out) | vs FP32 |\n|---|---|---|")
     base = rows["PyTorch FP32 (eager)"]
     for name, miou in rows.items():
