@@ -35,6 +35,28 @@ def train_classifier(
                 weight_decay=weight_decay, seed=seed, device=device, progress=progress)
 
 
+def train_synthetic_classifier(model_name: str = "tinyvim-s", *, per_class: int = 100, epochs: int = 6,
+                               size: int = 128, seed: int = 0, lr: float = 3e-3, device: str = "cpu",
+                               progress: Callable[[int, float], None] | None = None):
+    """A model trained on the seeded shapes-and-textures set (``training.synthetic``), ready to export.
+
+    Images go through the model's own preprocessing at ``size``, as they will at inference.
+    Returns (model, loss history).
+    """
+    from tinyvim_deploy.models import create_model
+    from tinyvim_deploy.preprocess import preprocess
+    from tinyvim_deploy.training.synthetic import CLASSES, make_dataset
+
+    model = create_model(model_name, num_classes=len(CLASSES))
+    spec = model.spec
+    images, labels = make_dataset(per_class, size=size, seed=seed)
+    tensors = preprocess(list(images), (size, size), crop_pct=spec.crop_pct, interpolation=spec.interpolation,
+                         mean=spec.mean, std=spec.std)
+    history = train_classifier(model, tensors, labels, epochs=epochs, lr=lr, seed=seed, device=device,
+                               progress=progress)
+    return model.cpu(), history
+
+
 def train_segmenter(
     model: nn.Module, tensors: np.ndarray, labels: np.ndarray, *, epochs: int = 10, batch_size: int = 8,
     lr: float = 1e-3, weight_decay: float = 0.01, seed: int = 0, device: str = "cpu",
