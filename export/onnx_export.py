@@ -138,6 +138,8 @@ def export_onnx(
     from tinyvim_deploy.models import check_input_size, create_model, get_spec, reparameterize
 
     spec = get_spec(model_name)
+    if spec.task == "detection":  # the NMS subgraph and its validation are the next step (issue 8)
+        raise ExportError(f"{spec.name} is a detector: exporting detectors (with NMS) is not implemented yet.")
     if include_postprocess and spec.task != "segmentation":
         raise ExportError("--include-postprocess is for segmentors (a label map out of the graph).")
     size = parse_input_size(input_size, spec.input_size[1:])

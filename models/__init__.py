@@ -1,5 +1,6 @@
 """Model definitions, the registry, and checkpoint loading."""
 
+from tinyvim_deploy.models import detection as _detection  # noqa: F401  (registers the detectors)
 from tinyvim_deploy.models import segmentors as _segmentors  # noqa: F401  (registers the segmentors)
 from tinyvim_deploy.models import tinyvim as _tinyvim  # noqa: F401  (registers the TinyViM variants)
 from tinyvim_deploy.models.checkpoint import load_checkpoint, load_weights

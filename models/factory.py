@@ -12,7 +12,8 @@ from tinyvim_deploy.models.checkpoint import Checkpoint, load_checkpoint, load_w
 from tinyvim_deploy.models.registry import get_constructor, get_spec
 
 # The weight whose first dimension is the class count, per task (a checkpoint's head sets num_classes).
-CLASSIFIER_KEYS = {"classification": "head.weight", "segmentation": "decode_head.conv_seg.weight"}
+CLASSIFIER_KEYS = {"classification": "head.weight", "segmentation": "decode_head.conv_seg.weight",
+                   "detection": "head.cls_logits.weight"}
 
 
 def create_model(

@@ -56,6 +56,7 @@ def models_cmd() -> None:
         table.add_row(
             name, s.task, f"{s.params / 1e6:.2f} M", f"{s.macs / 1e9:.3f}", f"{c}x{h}x{w}",
             f"{s.resize_mode} to {s.size_multiple}, {s.interpolation}" if s.task == "segmentation"
+            else f"letterbox, {s.interpolation}" if s.task == "detection"
             else f"crop {s.crop_pct} {s.interpolation}", str(s.num_classes),
         )
     console.print(table)

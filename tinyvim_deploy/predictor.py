@@ -55,6 +55,9 @@ class Predictor:
             backend_options["weights"] = weights
         self.backend = load_backend(artifact, backend, device=device, threads=threads, **backend_options)
         self.spec = self.backend.spec
+        if self.spec.task not in ("classification", "segmentation"):
+            raise ArtifactError(f"{self.spec.name} is a {self.spec.task} model: the Predictor does not run "
+                                f"{self.spec.task} yet.")
         n = self.spec.num_classes
         if labels is not None:
             names = _read_labels(labels) if isinstance(labels, (str, os.PathLike)) else list(labels)
