@@ -36,6 +36,14 @@ def _round_up(v: int, m: int) -> int:
     return int(math.ceil(v / m) * m)
 
 
+def keep_ratio_size(original_hw: tuple[int, int], spec: ModelSpec) -> tuple[int, int]:
+    """mmcv's keep-ratio rescale into ``spec.test_scale`` = (long, short) edge limits."""
+    h0, w0 = original_hw
+    long, short = spec.test_scale or (max(h0, w0), min(h0, w0))
+    scale = min(long / max(h0, w0), short / min(h0, w0))
+    return int(h0 * scale + 0.5), int(w0 * scale + 0.5)
+
+
 def plan_input(original_hw: tuple[int, int], spec: ModelSpec, input_hw: tuple[int, int] | None = None) -> InputPlan:
     """Where the image goes: the official test pipeline, or fitted into a fixed ``input_hw``."""
     h0, w0 = original_hw
@@ -43,9 +51,7 @@ def plan_input(original_hw: tuple[int, int], spec: ModelSpec, input_hw: tuple[in
         scale = min(input_hw[0] / h0, input_hw[1] / w0)
         h, w = min(input_hw[0], int(h0 * scale + 0.5)), min(input_hw[1], int(w0 * scale + 0.5))
         return InputPlan(original_hw, (max(1, h), max(1, w)), tuple(input_hw))
-    long, short = spec.test_scale or (max(h0, w0), min(h0, w0))
-    scale = min(long / max(h0, w0), short / min(h0, w0))  # mmcv's rescale into (long, short)
-    h, w = int(h0 * scale + 0.5), int(w0 * scale + 0.5)
+    h, w = keep_ratio_size(original_hw, spec)
     padded = (_round_up(h, spec.size_multiple), _round_up(w, spec.size_multiple))
     if spec.resize_mode == "stretch":  # the second resize: no padding, nothing to crop
         return InputPlan(original_hw, padded, padded)
@@ -64,9 +70,7 @@ def prepare(rgb: np.ndarray, spec: ModelSpec, input_hw: tuple[int, int] | None =
     """HxWx3 uint8 RGB -> ([3, H, W] float32 network input, its plan)."""
     plan = plan_input(rgb.shape[:2], spec, input_hw)
     if spec.resize_mode == "stretch" and input_hw is None:  # keep-ratio resize first, then to the multiple
-        long, short = spec.test_scale or (max(rgb.shape[:2]), min(rgb.shape[:2]))
-        scale = min(long / max(rgb.shape[:2]), short / min(rgb.shape[:2]))
-        first = (int(rgb.shape[0] * scale + 0.5), int(rgb.shape[1] * scale + 0.5))
+        first = keep_ratio_size(rgb.shape[:2], spec)
         resized = _resize_uint8(_resize_uint8(rgb, first), plan.resized_hw)
     else:
         resized = _resize_uint8(rgb, plan.resized_hw)
