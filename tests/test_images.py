@@ -57,6 +57,20 @@ def test_multipage_tiff_gives_first_page(tmp_path):
     assert out.shape == (20, 30, 3) and (out[..., 0] == 200).all() and (out[..., 2] == 0).all()
 
 
+def test_planar_float64_tiff_is_read_exactly_and_the_same_every_time(tmp_path):
+    """The layout of scikit-image's multipage_rgb.tif, which OpenCV 5.0 decodes wrongly (and differently each time)."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    pages = rng.random((2, 3, 10, 10))  # two pages, channels first, float64 in [0, 1)
+    with tifffile.TiffWriter(tmp_path / "p.tif") as tif:
+        for page in pages:
+            tif.write(page, photometric="rgb", planarconfig="separate")
+    expected = (np.moveaxis(pages[0], 0, -1) * 255 + 0.5).astype(np.uint8)
+    for _ in range(20):
+        assert np.array_equal(load_image(tmp_path / "p.tif"), expected)
+
+
 def test_animated_gif_gives_first_frame(tmp_path):
     frames = [Image.new("RGB", (16, 12), c) for c in ((250, 0, 0), (0, 0, 250))]
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)

@@ -17,8 +17,7 @@ def onnx_path(seed7_onnx):
 def test_onnx_and_torch_agree_on_every_photo(onnx_path):
     from tinyvim_deploy.images import load_image
 
-    # Decode once and feed both backends the same pixels: OpenCV's float64-TIFF decoder is not
-    # deterministic in its last bits (multipage_rgb.tif), and the fixture's logits are close together.
+    # Decode once and feed both backends the same pixels (the fixture's logits are close together).
     photos = [load_image(p) for p in sorted(need_shared(PHOTOS).iterdir())]
     a = tv.Predictor(onnx_path)(photos)
     b = tv.Predictor("tinyvim-s", weights=TRAIN_LAYOUT)(photos)
