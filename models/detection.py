@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -419,12 +419,16 @@ def _giou_loss(pred: Tensor, target: Tensor) -> Tensor:
 
 def detection_loss(cls_maps: Sequence[Tensor], box_maps: Sequence[Tensor], ctr_maps: Sequence[Tensor],
                    strides: Sequence[int], gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor],
-                   alpha: float = 0.25, gamma: float = 2.0, giou_weight: float = 2.0) -> dict[str, Tensor]:
+                   alpha: float = 0.25, gamma: float = 2.0, giou_weight: float = 2.0,
+                   reduce_mean: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """ATSS losses on :meth:`TinyViMDetector.forward_raw` outputs; GT boxes in input pixels, one tensor per image.
 
     mmdet ATSS weighting: focal loss (α 0.25, γ 2) summed over all points and classes / #positives; GIoU (weight 2)
     on positives weighted by their centerness target / Σ targets; centerness BCE / #positives.
+    ``reduce_mean`` averages those two normalisers over data-parallel processes (mmdet's ``reduce_mean``), so
+    W processes with averaged gradients train exactly like one process with their whole batch.
     """
+    reduce_mean = reduce_mean or (lambda t: t)
     cls, dist, ctr = flatten_levels(cls_maps), flatten_levels(box_maps), flatten_levels(ctr_maps).squeeze(-1)
     sizes = [m.shape[-2] * m.shape[-1] for m in cls_maps]
     points = make_points([tuple(m.shape[-2:]) for m in cls_maps], strides, dist)
@@ -438,10 +442,11 @@ def detection_loss(cls_maps: Sequence[Tensor], box_maps: Sequence[Tensor], ctr_m
         pos_pt.append(idx)
         pos_box.append(boxes[assigned[idx]])
     pos_img, pos_pt, pos_box = torch.cat(pos_img), torch.cat(pos_pt), torch.cat(pos_box)
-    num_pos = max(pos_pt.numel(), 1)
+    num_pos = reduce_mean(pos_pt.new_tensor(float(pos_pt.numel()), dtype=cls.dtype)).clamp(min=1.0)
     loss_cls = _sigmoid_focal(cls, cls_target, alpha, gamma).sum() / num_pos
     if pos_pt.numel() == 0:  # keep the graph connected so every head parameter still gets a (zero) gradient
         zero = dist.sum() * 0 + ctr.sum() * 0
+        reduce_mean(zero.detach())  # every process joins the same collectives, positives or not
         return {"cls": loss_cls, "box": zero, "centerness": zero}
     xy = points[pos_pt]
     ltrb = torch.cat((xy - pos_box[:, :2], pos_box[:, 2:] - xy), dim=1)
@@ -449,7 +454,8 @@ def detection_loss(cls_maps: Sequence[Tensor], box_maps: Sequence[Tensor], ctr_m
     ctr_target = torch.sqrt((lr.amin(1) / lr.amax(1)) * (tb.amin(1) / tb.amax(1)))
     d = dist[pos_img, pos_pt]
     pred_boxes = torch.cat((xy - d[:, :2], xy + d[:, 2:]), dim=1)
-    loss_box = giou_weight * (_giou_loss(pred_boxes, pos_box) * ctr_target).sum() / ctr_target.sum().clamp(min=1e-6)
+    ctr_norm = reduce_mean(ctr_target.sum().detach()).clamp(min=1e-6)
+    loss_box = giou_weight * (_giou_loss(pred_boxes, pos_box) * ctr_target).sum() / ctr_norm
     loss_ctr = F.binary_cross_entropy_with_logits(ctr[pos_img, pos_pt], ctr_target, reduction="sum") / num_pos
     return {"cls": loss_cls, "box": loss_box, "centerness": loss_ctr}
 

@@ -77,7 +77,7 @@ def info_cmd() -> None:
 
 def _register_optional_commands() -> None:
     """Commands that live in their own modules (export/validate/predict/bench)."""
-    from tinyvim_deploy import commands  # noqa: F401  (registers on ``app``)
+    from tinyvim_deploy import commands, train_commands  # noqa: F401  (register on ``app``)
 
 
 def main(argv: list[str] | None = None) -> None:
