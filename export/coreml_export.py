@@ -36,6 +36,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tinyvim_deploy.errors import BackendUnavailableError, ExportError
@@ -119,7 +120,9 @@ def fp32_node_names(program) -> set[str]:
 
 def export_coreml(model_name: str, *, weights=None, output=None, input_size=None, precision: str = "fp16",
                   weights_int8: bool = False, minimum_target: str = "iOS16", scan_fp32: bool = True,
-                  w8a8: bool = False, calib_data=None, calib_samples: int = 128) -> CoreMLExportResult:
+                  w8a8: bool = False, calib_data=None, calib_samples: int = 128, nms_config=None) -> CoreMLExportResult:
+    """Convert, check the stem folding, save atomically. Detectors become a Pipeline: the ML program (confidence
+    [N,C'], normalised cx,cy,w,h coordinates) followed by Core ML's NonMaximumSuppression (``nms_config``)."""
     import copy
     import sys
 
@@ -143,18 +146,24 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
     spec = model.spec
     hw = parse_input_size(input_size, tuple(spec.input_size[1:]))
     check_input_size(*hw, spec.size_multiple)
-    if spec.task not in ("classification", "segmentation"):
-        raise ExportError(f"Core ML export supports classifiers and segmentors; {model_name} is {spec.task}.")
+    detector = spec.task == "detection"
+    if w8a8 and detector:
+        raise ExportError("W8A8 Core ML export of detectors is not implemented: use --int8-weights.")
     deploy = reparameterize(model)
     if hasattr(deploy, "prepare_for_size"):  # segmentors: size-dependent constants (attention biases)
         deploy.prepare_for_size(*hw)
     folded = fold_input_std(copy.deepcopy(deploy), spec.std)
+    if detector:
+        from tinyvim_deploy.export.nms import coreml_detection_wrapper
+
+        deploy, folded = coreml_detection_wrapper(deploy, hw), coreml_detection_wrapper(folded, hw)
 
     # Exactness of the folding, in PyTorch (Core ML itself cannot run here).
     x = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(0))
     std = torch.tensor(spec.std).view(1, 3, 1, 1)
     with torch.inference_mode():
-        fold_diff = float((deploy(x / std) - folded(x)).abs().max())
+        pairs = zip(*(y if isinstance(y, tuple) else (y,) for y in (deploy(x / std), folded(x))))
+        fold_diff = max(float((a - b).abs().max()) for a, b in pairs)
 
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -173,7 +182,9 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
                                  color_layout=ct.colorlayout.RGB)],
             # a classifier's outputs are (classLabel, classLabel_probs); a segmentor's are the logits
             classifier_config=ct.ClassifierConfig(list(spec.class_names)) if spec.task == "classification" else None,
-            outputs=[ct.TensorType(name="logits")] if spec.task == "segmentation" else None,
+            outputs=[ct.TensorType(name="logits")] if spec.task == "segmentation" else
+            [ct.TensorType(name="confidence", dtype=np.float32), ct.TensorType(name="coordinates", dtype=np.float32)]
+            if detector else None,  # Core ML's NMS takes float32 (or double) inputs, not an FP16 program's default
             convert_to="mlprogram",
             minimum_deployment_target=getattr(ct.target, minimum_target),
             compute_precision=compute_precision,
@@ -187,13 +198,20 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
                                                                               granularity="per_channel"))
             mlmodel = linear_quantize_weights(mlmodel, config=config)
 
+    ops = _op_counts(mlmodel)
+    fp32_ops = fp32_op_counts(mlmodel)
+    if detector:
+        from tinyvim_deploy.export.nms import coreml_nms_pipeline
+
+        mlmodel = coreml_nms_pipeline(mlmodel, nms_config, list(spec.class_names), hw)
     mlmodel.author = "tinyvim-deploy"
     mlmodel.license = "See the model's checkpoint licence."
     mlmodel.version = tinyvim_deploy.__version__
     weights_int8 = weights_int8 or w8a8
     scan_note = ", scan fp32" if precision == "fp16" and scan_fp32 else ""
-    kind = "image classifier" if spec.task == "classification" else "semantic segmentation (logits at 1/"\
-        f"{spec.output_stride}; resize, crop and argmax in the app)"
+    kind = "image classifier" if spec.task == "classification" else (
+        "object detector (letterboxed input; Core ML NMS pipeline, boxes normalised cx,cy,w,h)" if detector else
+        f"semantic segmentation (logits at 1/{spec.output_stride}; resize, crop and argmax in the app)")
     mlmodel.short_description = (f"{model_name} {kind}, {hw[0]}x{hw[1]}, {precision}{scan_note}"
                                  + (", int8 weights and activations" if w8a8 else ", int8 weights" if weights_int8
                                     else ""))
@@ -213,10 +231,9 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
     if path.suffix != ".mlpackage":
         raise ExportError(f"A Core ML ML Program is a .mlpackage folder: {path} has another suffix.")
     _save_package_atomically(mlmodel, path)
-    ops = _op_counts(mlmodel)
     return CoreMLExportResult(path, precision, weights_int8, _folder_mb(path), ops,
                               {k: v for k, v in ops.items() if k in NOT_ON_NEURAL_ENGINE}, fold_diff,
-                              time.perf_counter() - t0, fp32_op_counts(mlmodel), w8a8)
+                              time.perf_counter() - t0, fp32_ops, w8a8)
 
 
 def _quantize_activations(mlmodel, calib_data, spec, hw, samples: int):

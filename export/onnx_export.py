@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -23,12 +25,13 @@ import torch
 from tinyvim_deploy.errors import ExportError, ValidationError
 from tinyvim_deploy.export import ops as tv_ops
 from tinyvim_deploy.export.metadata import build_metadata, write_metadata
-from tinyvim_deploy.export.validate import ValidationReport, validate_onnx, validation_inputs
+from tinyvim_deploy.export.validate import ValidationReport, validate_detector, validate_onnx, validation_inputs
 from tinyvim_deploy.fileio import atomic_output
 from tinyvim_deploy.models.registry import parse_input_size
 
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 18, 23, 20
 INPUT_NAME = "image"
+NMS_KINDS = ("onnx", "efficient-nms", "none")  # detectors: what follows the network in the graph
 
 
 @dataclasses.dataclass
@@ -46,7 +49,8 @@ def default_output_name(model_name: str, size: tuple[int, int], batch: int | Non
     return stem + ("_inlined" if inline else "") + ".onnx"
 
 
-def _torch_export(model: torch.nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool) -> onnx.ModelProto:
+def _torch_export(model: torch.nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool,
+                  output_names: Sequence[str] = ("logits",)) -> onnx.ModelProto:
     from tinyvim_deploy.models.ops import custom_ops
 
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
@@ -55,7 +59,7 @@ def _torch_export(model: torch.nn.Module, example: torch.Tensor, opset: int, dyn
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model, (example,), None, dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=["logits"], dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
+            output_names=list(output_names), dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
             custom_translation_table=tv_ops.translation_table(),
         )
     return program.model_proto
@@ -125,12 +129,17 @@ def export_onnx(
     validate: bool = True,
     photos_dir: str | os.PathLike | None = None,
     include_postprocess: bool = False,
+    nms: str = "onnx",
+    nms_config=None,
     console=None,
 ) -> ExportResult:
     """Export, simplify, attach metadata, validate against PyTorch, write (atomically) only if it passes.
 
     ``include_postprocess`` (segmentors): the graph also resizes the logits to its input size and
     takes the argmax, so it outputs an int32 label map; validated by pixel agreement.
+    ``nms`` (detectors, drkd.md §7.3): ``onnx`` appends the standard-op NMS subgraph (outputs ``num_dets,
+    boxes, scores, classes``), ``efficient-nms`` one ``EfficientNMS_TRT`` plugin node (for TensorRT: checked
+    structurally, its network part validated in ORT), ``none`` keeps the raw ``boxes, scores``.
     """
     import time
 
@@ -138,8 +147,13 @@ def export_onnx(
     from tinyvim_deploy.models import check_input_size, create_model, get_spec, reparameterize
 
     spec = get_spec(model_name)
-    if spec.task == "detection":  # the NMS subgraph and its validation are the next step (issue 8)
-        raise ExportError(f"{spec.name} is a detector: exporting detectors (with NMS) is not implemented yet.")
+    detector = spec.task == "detection"
+    if nms not in NMS_KINDS:
+        raise ExportError(f"Unknown NMS {nms!r}: choose {', '.join(NMS_KINDS)}.")
+    if detector:
+        from tinyvim_deploy.export.nms import NMSConfig
+
+        nms_config = nms_config or NMSConfig()
     if include_postprocess and spec.task != "segmentation":
         raise ExportError("--include-postprocess is for segmentors (a label map out of the graph).")
     size = parse_input_size(input_size, spec.input_size[1:])
@@ -167,7 +181,7 @@ def export_onnx(
         deploy, reference = WithLabelOutput(deploy), WithLabelOutput(model)
     example = torch.randn(2 if dynamic_batch and batch == 1 else batch, 3, *size, generator=torch.Generator().manual_seed(0))
     try:
-        proto = _torch_export(deploy, example, opset, dynamic_batch)
+        proto = _torch_export(deploy, example, opset, dynamic_batch, ("boxes", "scores") if detector else ("logits",))
     except Exception as e:  # the exporter's own errors are long; keep the first line
         raise ExportError(f"torch.onnx.export failed: {str(e).strip().splitlines()[0][:300]}") from e
     length = (size[0] // 32) * (size[1] // 32)
@@ -187,6 +201,11 @@ def export_onnx(
     metadata["simplifier"] = tool
     if include_postprocess:
         metadata["postprocess"] = "resize+argmax"  # the output is an int32 label map at the input size
+    raw_bytes = None
+    if detector:
+        raw_bytes = proto.SerializeToString()  # the network part, validated on its own
+        proto = _append_nms(proto, nms, nms_config)
+        metadata["nms"] = json.dumps({"kind": nms, **dataclasses.asdict(nms_config)})
     write_metadata(proto, metadata)
     proto.producer_name, proto.producer_version = "tinyvim-deploy", tinyvim_deploy.__version__
     onnx.checker.check_model(proto, full_check=True)
@@ -198,13 +217,31 @@ def export_onnx(
         if validate:
             batches = [1, 3] if dynamic_batch else [batch]
             inputs = validation_inputs(size, batches, model.spec, photos_dir)
-            report = validate_onnx(tmp, reference, inputs, atol=atol, task=spec.task)
+            if detector:
+                report = validate_detector(raw_bytes, tmp, reference, inputs, nms_config, atol=atol,
+                                           run_nms=nms == "onnx")
+            else:
+                report = validate_onnx(tmp, reference, inputs, atol=atol, task=spec.task)
             if not report.passed:
                 raise ValidationError(
                     f"Exported model differs from PyTorch: max abs diff {report.max_abs:.2e} > atol {atol:g}; "
                     f"nothing was written to {path}."
                 )
     return ExportResult(path, report, metadata, export_seconds, len(proto.graph.node), custom_node_counts(proto))
+
+
+def _append_nms(proto: onnx.ModelProto, kind: str, config) -> onnx.ModelProto:
+    from tinyvim_deploy.export import nms
+
+    if kind == "onnx":
+        return nms.append_onnx_nms(proto, config)
+    if kind == "efficient-nms":
+        proto = nms.append_efficient_nms_trt(proto, config)
+        problems = nms.structural_check_efficient_nms(proto)
+        if problems:
+            raise ExportError(f"The EfficientNMS_TRT graph is malformed: {problems[0]}")
+        return proto
+    return proto
 
 
 def onnx_input_hw(model: onnx.ModelProto) -> tuple[int, int]:

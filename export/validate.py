@@ -22,6 +22,7 @@ class Check:
     passed: bool
     miou: float | None = None  # segmentation: mIoU of the candidate's argmax map against the reference's
     labels: bool = False  # integer label maps were compared (max_abs/mean_abs = fraction of pixels that differ)
+    info: bool = False  # reported, not judged (detections end to end: 1 - agreement), not in the report's max_abs
 
 
 @dataclasses.dataclass
@@ -35,7 +36,7 @@ class ValidationReport:
 
     @property
     def max_abs(self) -> float:
-        return max(c.max_abs for c in self.checks)
+        return max(c.max_abs for c in self.checks if not c.info)
 
 
 def ort_session(path_or_bytes, threads: int | None = None):
@@ -68,6 +69,10 @@ def photo_batch(photos_dir: str | os.PathLike | None, size: tuple[int, int], spe
             break
     if not images:
         return None
+    if spec.task == "detection":  # letterboxed like the Predictor (square inputs)
+        from tinyvim_deploy.detection import letterbox_batch
+
+        return letterbox_batch(images, size[0], spec.mean, spec.std)[0]
     if spec.task == "segmentation":  # the segmentation pipeline, fitted into the export size
         from tinyvim_deploy.segmentation import prepare
 
@@ -151,3 +156,74 @@ def print_report(report: ValidationReport, console, title: str = "ONNX Runtime v
         console.print(f"{word}: label maps differ on {report.max_abs:.3%} of pixels at most (allowed 0.1%: argmax ties)")
     else:
         console.print(f"{word}: max abs diff {report.max_abs:.2e} (atol {report.atol:g})")
+
+
+def _run_chunks(session, x: np.ndarray) -> list[np.ndarray]:
+    """All outputs of ``session`` on ``x``, split into its static batch when it has one."""
+    inp = session.get_inputs()[0]
+    step = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else len(x)
+    parts = [session.run(None, {inp.name: x[i : i + step]}) for i in range(0, len(x), step)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def _matched_fraction(ref, got, iou: float = 0.9) -> float:
+    """Share of the reference's detections that the candidate has too (same class, box IoU ≥ ``iou``)."""
+    from tinyvim_deploy.models.detection import box_iou
+
+    total = matched = 0
+    for b in range(ref.num_dets.shape[0]):
+        k_ref, k_got = int(ref.num_dets[b, 0]), int(got.num_dets[b, 0])
+        total += k_ref
+        if k_ref == 0 or k_got == 0:
+            continue
+        overlap = box_iou(torch.as_tensor(ref.boxes[b, :k_ref]), torch.as_tensor(got.boxes[b, :k_got]))
+        same = torch.as_tensor(ref.classes[b, :k_ref])[:, None] == torch.as_tensor(got.classes[b, :k_got])[None]
+        matched += int(((overlap >= iou) & same).any(dim=1).sum())
+    return matched / total if total else 1.0
+
+
+def validate_detector(raw_model: bytes, final_path, torch_model: torch.nn.Module, inputs: dict[str, np.ndarray],
+                      nms_config, atol: float = 1e-4, run_nms: bool = True) -> ValidationReport:
+    """A detector export, in three checks per input (drkd.md §7.3):
+
+    1. raw outputs: the network part in ORT vs PyTorch, boxes in units of the input side (a box coordinate of
+       320 px differs by ~1e-5 px between float32 runtimes, so pixels would test float resolution, not parity)
+       and scores as they are, both ≤ ``atol``;
+    2. NMS: the exported NMS on ORT's raw outputs vs the PyTorch reference NMS on the *same* raw outputs —
+       exact (same count, classes and order; boxes/scores ≤ 1e-6);
+    3. end to end (information): share of PyTorch's detections that ORT's final output has (same class,
+       IoU ≥ 0.9). Near-tied scores may swap between runtimes, so this is reported, not required.
+    """
+    from tinyvim_deploy.models.detection import Detections, multiclass_nms
+
+    raw_session = ort_session(raw_model)
+    final_session = ort_session(str(final_path)) if run_nms else None
+    checks = []
+    for name, x in inputs.items():
+        boxes, scores = _run_chunks(raw_session, x)
+        with torch.no_grad():
+            ref_boxes, ref_scores = (t.numpy() for t in torch_model(torch.from_numpy(x)))
+        side = float(max(x.shape[-2:]))
+        box_diff = np.abs(ref_boxes.astype(np.float64) - boxes) / side
+        score_diff = np.abs(ref_scores.astype(np.float64) - scores)
+        for what, diff, got in (("boxes / side", box_diff, boxes), ("scores", score_diff, scores)):
+            ok = bool(np.isfinite(got).all() and diff.max() <= atol)
+            checks.append(Check(f"{name}: {what}", float(diff.max()), float(diff.mean()), None, ok))
+        if final_session is None:
+            continue
+        got = Detections(*_run_chunks(final_session, x))
+        same_raw = multiclass_nms(torch.from_numpy(boxes), torch.from_numpy(scores), **nms_config.as_kwargs())
+        same_raw = Detections(*(t.numpy() for t in same_raw))
+        exact = (np.array_equal(got.num_dets, same_raw.num_dets) and np.array_equal(got.classes, same_raw.classes))
+        det_diff = max(float(np.abs(got.boxes - same_raw.boxes).max()), float(np.abs(got.scores - same_raw.scores).max()))
+        images_equal = float(np.mean([np.array_equal(got.classes[b], same_raw.classes[b])
+                                      for b in range(len(x))]))
+        checks.append(Check(f"{name}: NMS vs reference NMS", det_diff, det_diff, images_equal,
+                            exact and det_diff <= 1e-6))
+        with torch.no_grad():
+            end_to_end = multiclass_nms(torch.from_numpy(ref_boxes), torch.from_numpy(ref_scores),
+                                        **nms_config.as_kwargs())
+        agree = _matched_fraction(Detections(*(t.numpy() for t in end_to_end)), got)
+        checks.append(Check(f"{name}: detections vs PyTorch (info)", 1.0 - agree, 1.0 - agree, agree, True,
+                            info=True))
+    return ValidationReport(checks, atol)

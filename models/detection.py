@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tinyvim_deploy.models.registry import ModelSpec, register_model
+from tinyvim_deploy.models.registry import LABEL_SETS, ModelSpec, register_model
 
 __all__ = [
     "DETECTOR_CONFIGS",
@@ -54,6 +54,7 @@ __all__ = [
 
 # §7.5's synthetic set, the only data the spec trains these detectors on; the class count is a constructor argument.
 SHAPESDET_CLASSES = ("disk", "ring", "square", "triangle", "cross", "diamond")
+LABEL_SETS.setdefault("shapesdet", lambda: SHAPESDET_CLASSES)  # the synthetic set the detectors train on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -481,7 +482,7 @@ _DRKD = "Ni et al., Dual Relation Knowledge Distillation for Object Detection, I
 def _register(variant: str, params: int, macs: int, paper: str) -> None:
     spec = ModelSpec(
         name=f"tinyvim-{variant}-det", family="tinyvim+fcos", task="detection", input_size=(3, DET_INPUT, DET_INPUT),
-        crop_pct=1.0, interpolation="bilinear", num_classes=DETECTOR_CONFIGS[variant].num_classes, labels="",
+        crop_pct=1.0, interpolation="bilinear", num_classes=DETECTOR_CONFIGS[variant].num_classes, labels="shapesdet",
         params=params, macs=macs, size_multiple=32, test_scale=(DET_INPUT, DET_INPUT), resize_mode="letterbox",
         paper=paper,
     )

@@ -37,6 +37,9 @@ class OnnxRuntimeBackend(Backend):
         self.spec, self.input_hw = spec_from_metadata(meta, str(path))
         self.class_names = class_names_from_metadata(meta)
         self.metadata = meta
+        if '"efficient-nms"' in meta.get("nms", ""):
+            raise BackendUnavailableError(f"{path.name} ends in TensorRT's EfficientNMS_TRT plugin, which only "
+                                          "TensorRT runs: build an engine from it, or export with --nms onnx for ORT.")
 
         wanted = DEVICE_PROVIDERS.get(self.device)
         if wanted is None:

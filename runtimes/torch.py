@@ -70,7 +70,8 @@ class TorchBackend(Backend):
             y = static_out
         else:
             y = self._forward(x.to(self.device))
-        return [y.float().cpu().numpy()]
+        outputs = y if isinstance(y, (tuple, list)) else (y,)  # detectors return (boxes, scores)
+        return [t.float().cpu().numpy() for t in outputs]
 
     def inputs(self) -> list[TensorInfo]:
         # a segmentor in eager PyTorch takes any size (the official pipeline decides it) unless one was set
@@ -80,6 +81,9 @@ class TorchBackend(Backend):
     def outputs(self) -> list[TensorInfo]:
         if self.spec.task == "segmentation":
             return [TensorInfo("logits", (None, self.spec.num_classes, "height", "width"), "float32")]
+        if self.spec.task == "detection":  # raw decoded outputs; the Predictor applies the reference NMS
+            return [TensorInfo("boxes", (None, "points", 4), "float32"),
+                    TensorInfo("scores", (None, "points", self.spec.num_classes), "float32")]
         return [TensorInfo("logits", (None, self.spec.num_classes), "float32")]
 
     def describe(self) -> str:

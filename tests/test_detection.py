@@ -202,13 +202,9 @@ def test_fixed_k_padding_and_truncation():
     assert small.boxes.shape == (3, 25, 4) and int(small.num_dets.max()) <= 5 * 6
 
 
-def test_detectors_are_registered_and_unfinished_paths_say_so(tmp_path):
+def test_detectors_are_registered_with_their_class_names():
     import tinyvim_deploy as tv
-    from tinyvim_deploy.export.onnx_export import export_onnx
 
     assert {"tinyvim-s-det", "tinyvim-b-det"} <= set(tv.list_models())
-    assert tv.get_spec("tinyvim-s-det").task == "detection"
-    with pytest.raises(tv.ExportError, match="not implemented yet"):
-        export_onnx("tinyvim-s-det", output=tmp_path / "d.onnx")
-    with pytest.raises(tv.ArtifactError, match="does not run detection yet"):
-        tv.Predictor("tinyvim-s-det")
+    spec = tv.get_spec("tinyvim-s-det")
+    assert spec.task == "detection" and spec.class_names == ("disk", "ring", "square", "triangle", "cross", "diamond")

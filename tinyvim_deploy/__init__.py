@@ -42,11 +42,16 @@ def __getattr__(name: str):
         from tinyvim_deploy import segmentation
 
         return segmentation.SegmentationResult
+    if name == "DetectionResult":
+        from tinyvim_deploy import detection
+
+        return detection.DetectionResult
     raise AttributeError(f"module 'tinyvim_deploy' has no attribute {name!r}")
 
 
 __all__ = [
     "ClassificationResult",
+    "DetectionResult",
     "Predictor",
     "SegmentationResult",
     "ArtifactError",

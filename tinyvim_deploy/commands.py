@@ -63,12 +63,29 @@ def export_cmd(
     plugin_lib: list[Path] = typer.Option([], "--plugin-lib", help="TensorRT plugin library for the tinyvim ops."),
     strongly_typed: bool = typer.Option(True, "--strongly-typed/--no-strongly-typed",
                                         help="TensorRT 10: weak typing with builder precision flags instead."),
+    nms: str = typer.Option("onnx", "--nms", help="Detectors: onnx (NonMaxSuppression subgraph), efficient-nms "
+                                                  "(TensorRT's EfficientNMS_TRT plugin) or none (raw boxes, scores)."),
+    score_threshold: float = typer.Option(0.05, "--score-threshold", help="Detectors: NMS score threshold."),
+    iou_threshold: float = typer.Option(0.6, "--iou-threshold", help="Detectors: NMS IoU threshold."),
+    max_det: int = typer.Option(100, "--max-det", help="Detectors: detections per image (K of the output)."),
 ) -> None:
     """Export a model, validate it against PyTorch, and write it only if it passes."""
     from tinyvim_deploy.export.onnx_export import export_onnx
     from tinyvim_deploy.export.validate import print_report
+    from tinyvim_deploy.models import get_spec
 
     target = target.lower()
+    nms_config = None
+    if get_spec(model).task == "detection":
+        from tinyvim_deploy.export.nms import NMSConfig
+
+        nms_config = NMSConfig(score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det)
+        if int8:
+            raise ExportError("INT8 export of detectors is not implemented yet: export FP32 (or Core ML FP16).")
+        if target == "trt":
+            raise ExportError("TensorRT engines of detectors are built from the EfficientNMS_TRT model: run "
+                              "`tvdeploy export --target onnx --nms efficient-nms`, then `trtexec --onnx=FILE "
+                              "--saveEngine=FILE.engine --fp16` on the device.")
     if int8 and calib_data is None:
         raise ExportError("--int8 needs calibration images: pass --calib-data DIR (or a list file).")
     if target not in TARGETS:
@@ -90,12 +107,14 @@ def export_cmd(
         int8_profile = "tensorrt"
     if target == "coreml":
         _export_coreml(model, weights, output, input_size, coreml_precision, int8_weights,
-                       scan_fp32=not coreml_fp16_scan, w8a8=w8a8, calib_data=calib_data, calib_samples=calib_samples)
+                       scan_fp32=not coreml_fp16_scan, w8a8=w8a8, calib_data=calib_data, calib_samples=calib_samples,
+                       nms_config=nms_config)
         return
     result = export_onnx(
         model, weights=weights, output=output, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
         opset=opset, simplify_graph=not no_simplify, inline=inline_custom_ops, scan_impl=scan_impl, atol=atol,
-        photos_dir=photos or default_photos_dir(), include_postprocess=include_postprocess,
+        photos_dir=photos or default_photos_dir(), include_postprocess=include_postprocess, nms=nms,
+        nms_config=nms_config,
     )
     if result.report:
         print_report(result.report, console)
@@ -182,8 +201,9 @@ def _export_int8(float_path: Path, calib_data: Path, **options) -> Path:
 
 @app.command("eval")
 def eval_cmd(
-    artifact: str = typer.Argument(..., help="A segmentation artifact (.onnx, …) or model name."),
-    data: Path = typer.Option(..., "--data", help="Folder with images/ and annotations/ (label PNGs)."),
+    artifact: str = typer.Argument(..., help="A segmentation or detection artifact (.onnx, …) or model name."),
+    data: str = typer.Option(..., "--data", help="Segmentation: folder with images/ and annotations/ (label PNGs). "
+                                                 "Detection: a COCO folder (json + images) or synthetic:shapesdet."),
     reduce_zero_label: bool = typer.Option(True, "--reduce-zero-label/--no-reduce-zero-label",
                                            help="ADE20K: label value 0 is ignored, v means class v-1."),
     backend: str | None = typer.Option(None, "--backend", "-b", help="Runtime (default: from the file type)."),
@@ -193,28 +213,54 @@ def eval_cmd(
     input_size: str | None = typer.Option(None, "--input-size",
                                           help="Model name: a fixed input box (as an export has) instead of the "
                                                "official test pipeline's sizes."),
+    images: int = typer.Option(200, "--images", help="Detection, synthetic: how many test images."),
+    data_seed: int = typer.Option(0, "--data-seed", help="Detection, synthetic: which images."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
 ) -> None:
-    """mIoU, aAcc and per-class IoU of a segmentor on labelled images (the same numbers for every runtime)."""
+    """Segmentation: mIoU, aAcc, per-class IoU. Detection: COCO AP (pycocotools). Same numbers on every runtime."""
     from tinyvim_deploy.evaluation import evaluate_segmentation, pair_images_and_labels
     from tinyvim_deploy.fileio import write_json
     from tinyvim_deploy.predictor import Predictor
     from tinyvim_deploy.reports import eval_table
 
-    total = len(pair_images_and_labels(data))  # a bad folder is one line before the model loads
     options = {"input_size": input_size} if input_size else {}
+    detection_data = data.startswith("synthetic:") or any(Path(data).glob("*.json")) or any(
+        Path(data).glob("annotations/*.json"))
+    total = 0 if detection_data else len(pair_images_and_labels(Path(data)))  # a bad folder: one line, no model load
     with Predictor(artifact, backend=backend, device=device, threads=threads, weights=weights, **options) as predictor:
-        if predictor.task != "segmentation":
-            raise ArtifactError(f"{artifact} is a {predictor.task} model; eval computes segmentation metrics.")
+        if predictor.task == "detection":
+            _eval_detection(predictor, artifact, data, images, data_seed, json_path)
+            return
+        if predictor.task != "segmentation" or detection_data:
+            raise ArtifactError(f"{artifact} is a {predictor.task} model and {data} is "
+                                f"{'detection' if detection_data else 'segmentation'} data: eval needs a segmentor "
+                                "with label maps or a detector with COCO boxes.")
         with _progress() as progress:
             tick = progress(Path(artifact).name, "evaluating")
             done = iter(range(1, total + 1))
-            metrics = evaluate_segmentation(predictor, data, reduce_zero_label,
+            metrics = evaluate_segmentation(predictor, Path(data), reduce_zero_label,
                                             on_image=lambda _: tick and tick(next(done), total))
         console.print(eval_table(metrics, predictor.class_names, f"{artifact} on {data}"))
         if json_path:
             write_json(json_path, {"artifact": str(artifact), "backend": predictor.backend.describe(),
                                    **metrics.as_dict(predictor.class_names)})
+
+
+def _eval_detection(predictor, artifact: str, data: str, images: int, data_seed: int, json_path) -> None:
+    from tinyvim_deploy.coco_eval import evaluate_predictor
+    from tinyvim_deploy.fileio import write_json
+    from tinyvim_deploy.train_commands import load_detection_data
+
+    size = predictor.backend.input_hw[0]
+    dataset = load_detection_data(data, "test", images, size, data_seed)
+    with _progress() as progress:
+        metrics = evaluate_predictor(predictor, dataset, on_batch=progress(Path(artifact).name, "evaluating"))
+    console.print(f"{artifact} ({predictor.backend.describe()}) on {len(dataset)} images of {data}:")
+    for row in metrics.table():
+        console.print("  " + row, highlight=False)
+    if json_path:
+        write_json(json_path, {"artifact": str(artifact), "backend": predictor.backend.describe(), **metrics.as_dict(),
+                               "area_ranges": metrics.area_ranges})
 
 
 @app.command("check")
@@ -311,15 +357,17 @@ def predict_cmd(
     weights: Path | None = typer.Option(None, "--weights", "-w", help="Checkpoint, when ARTIFACT is a model name."),
     labels: Path | None = typer.Option(None, "--labels", help="Class names, one per line."),
     batch: int = typer.Option(8, "--batch", help="Images per inference call."),
-    save_dir: Path | None = typer.Option(None, "--save-dir", help="Segmentation: write overlays and label PNGs here."),
+    save_dir: Path | None = typer.Option(None, "--save-dir", help="Segmentation: overlays and label PNGs; "
+                                                                    "detection: images with their boxes drawn."),
+    conf: float = typer.Option(0.25, "--conf", help="Detection: show detections scoring at least this."),
     slide: bool = typer.Option(False, "--slide", help="Segmentation: sliding windows of the artifact's input size."),
     stride: str | None = typer.Option(None, "--stride", help="With --slide: N or HxW (default 2/3 of the window)."),
 ) -> None:
-    """Classify or segment images. A file that cannot be read is reported and skipped; the exit code is then 1."""
+    """Classify, segment or detect. A file that cannot be read is reported and skipped; the exit code is then 1."""
     from tinyvim_deploy.fileio import write_json
     from tinyvim_deploy.images import collect_images
     from tinyvim_deploy.predictor import Predictor
-    from tinyvim_deploy.reports import prediction_table, segmentation_table
+    from tinyvim_deploy.reports import detection_table, prediction_table, segmentation_table
 
     if batch < 1:
         raise ArtifactError(f"Batch size must be at least 1, got {batch}.")
@@ -327,7 +375,7 @@ def predict_cmd(
     if not paths:
         raise ImageError(f"No image files found in {', '.join(map(str, images))}.")
     predictor = Predictor(artifact, backend=backend, device=device, threads=threads, weights=weights, labels=labels,
-                          topk=topk)
+                          topk=topk, score_threshold=conf)
     decoded, errors = [], []
     for path in paths:
         try:
@@ -344,9 +392,16 @@ def predict_cmd(
             console.print(segmentation_table(result, topk))
             if save_dir:
                 _save_segmentation(save_dir, result, rgb)
+    elif predictor.task == "detection":
+        results = predictor.detect(decoded, batch_size=batch)
+        for result, (rgb, _) in zip(results, decoded):
+            console.print(detection_table(result))
+            if save_dir:
+                _save_image(Path(save_dir) / f"{Path(result.source).stem}_boxes.jpg", result.draw(rgb))
     else:
         if save_dir or slide:
-            raise ArtifactError("--save-dir and --slide are for segmentation; this model is a classifier.")
+            raise ArtifactError("--save-dir and --slide are for segmentation and detection; this model is a "
+                                "classifier.")
         results = predictor.classify(decoded, batch_size=batch)
         for result in results:
             console.print(prediction_table(result))
@@ -357,6 +412,15 @@ def predict_cmd(
     if errors:
         err_console.print(f"{len(errors)} of {len(paths)} files could not be read.")
         raise typer.Exit(1)
+
+
+def _save_image(path: Path, rgb) -> None:
+    from PIL import Image
+
+    from tinyvim_deploy.fileio import atomic_output
+
+    with atomic_output(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="JPEG" if path.suffix == ".jpg" else "PNG", quality=92)
 
 
 def _save_segmentation(save_dir: Path, result, rgb) -> None:

@@ -8,11 +8,12 @@ un-letterboxing a box is a single division by the scale, with no offset to carry
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["LETTERBOX_FILL", "letterbox", "unletterbox_boxes"]
+__all__ = ["LETTERBOX_FILL", "DetectionResult", "draw_detections", "letterbox", "letterbox_batch", "unletterbox_boxes"]
 
 LETTERBOX_FILL = 114  # the grey YOLO/mmdet letterboxes use; only a convention, but train and predict must agree
 
@@ -42,6 +43,19 @@ def letterbox(rgb: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[int,
     return out, scale, (0, 0)
 
 
+def letterbox_batch(images: Sequence[np.ndarray], size: int, mean: Sequence[float], std: Sequence[float]
+                    ) -> tuple[np.ndarray, list[float]]:
+    """RGB uint8 images -> (float32 NCHW batch normalised with mean/std, per-image scale): training and Predictor."""
+    mean_ = np.asarray(mean, np.float32).reshape(1, 1, 3)
+    std_ = np.asarray(std, np.float32).reshape(1, 1, 3)
+    batch, scales = [], []
+    for rgb in images:
+        boxed, scale, _ = letterbox(np.asarray(rgb), size)
+        batch.append(((boxed.astype(np.float32) / 255.0 - mean_) / std_).transpose(2, 0, 1))
+        scales.append(scale)
+    return np.ascontiguousarray(np.stack(batch), dtype=np.float32), scales
+
+
 def unletterbox_boxes(boxes: np.ndarray, scale: float, original_hw: Sequence[int]) -> np.ndarray:
     """Boxes [..., 4] x1y1x2y2 in letterboxed pixels -> original-image pixels, clipped to the image."""
     height, width = int(original_hw[0]), int(original_hw[1])
@@ -49,4 +63,50 @@ def unletterbox_boxes(boxes: np.ndarray, scale: float, original_hw: Sequence[int
     # A box may reach into the padding (or past the rounded resized edge): clip it to the real image.
     out[..., 0::2] = np.clip(out[..., 0::2], 0, width)
     out[..., 1::2] = np.clip(out[..., 1::2], 0, height)
+    return out
+
+
+@dataclasses.dataclass
+class DetectionResult:
+    """One image's detections, best first: boxes x1y1x2y2 in the original image's pixels."""
+
+    boxes: np.ndarray  # [k, 4] float32
+    scores: np.ndarray  # [k] float32
+    class_ids: np.ndarray  # [k] int64
+    labels: list[str]
+    source: str = ""
+    palette: Sequence[tuple[int, int, int]] = ()
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "detections": [
+            {"box": [round(float(v), 2) for v in box], "score": float(score), "class_id": int(c), "label": label}
+            for box, score, c, label in zip(self.boxes, self.scores, self.class_ids, self.labels)]}
+
+    def draw(self, rgb: np.ndarray) -> np.ndarray:
+        """A copy of ``rgb`` with every box and its "label score" drawn (OpenCV)."""
+        return draw_detections(rgb, self.boxes, self.scores, self.class_ids, self.labels, self.palette)
+
+
+def draw_detections(rgb: np.ndarray, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
+                    labels: Sequence[str], palette: Sequence[tuple[int, int, int]] = ()) -> np.ndarray:
+    """Boxes with a filled caption above each (inside the image when the box touches the top edge)."""
+    import cv2
+
+    out = np.ascontiguousarray(rgb).copy()
+    height, width = out.shape[:2]
+    thickness = max(1, round(max(height, width) / 400))
+    font_scale = max(0.35, max(height, width) / 1400)
+    for box, score, c, label in zip(boxes, scores, class_ids, labels):
+        colour = tuple(int(v) for v in palette[int(c)]) if len(palette) > int(c) else (255, 64, 64)
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
+        caption = f"{label} {float(score):.2f}"
+        (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        top = y1 - th - base - 2 if y1 - th - base - 2 >= 0 else y1
+        cv2.rectangle(out, (x1, top), (min(width - 1, x1 + tw + 2), top + th + base + 2), colour, -1)
+        text = (0, 0, 0) if sum(colour) > 380 else (255, 255, 255)  # readable on light and dark fills
+        cv2.putText(out, caption, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, text, 1, cv2.LINE_AA)
     return out

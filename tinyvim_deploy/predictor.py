@@ -7,6 +7,7 @@ backend only runs arrays. One input gives one result, a list gives a list.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,19 +46,27 @@ class Predictor:
     """
 
     def __init__(self, artifact, *, backend: str | None = None, device: str | None = None,
-                 threads: int | None = None, weights=None, labels=None, topk: int = 5, **backend_options):
-        """``backend_options`` go to the backend (torch: ``input_size``, ``compile``, ``fp16``, ``cuda_graph``)."""
+                 threads: int | None = None, weights=None, labels=None, topk: int = 5,
+                 score_threshold: float | None = None, **backend_options):
+        """``backend_options`` go to the backend (torch: ``input_size``, ``compile``, ``fp16``, ``cuda_graph``).
+
+        Detectors: ``score_threshold`` keeps detections scoring at least this (default: all the artifact's NMS
+        returns, which keeps scores above its own threshold, 0.05 unless exported otherwise).
+        """
         from tinyvim_deploy.runtimes import load_backend
 
         if topk < 1:
             raise ArtifactError(f"topk must be at least 1, got {topk}.")
+        if score_threshold is not None and not 0 <= score_threshold <= 1:
+            raise ArtifactError(f"score_threshold must be in [0, 1], got {score_threshold}.")
         if weights is not None:
             backend_options["weights"] = weights
         self.backend = load_backend(artifact, backend, device=device, threads=threads, **backend_options)
         self.spec = self.backend.spec
-        if self.spec.task not in ("classification", "segmentation"):
+        if self.spec.task not in ("classification", "segmentation", "detection"):
             raise ArtifactError(f"{self.spec.name} is a {self.spec.task} model: the Predictor does not run "
-                                f"{self.spec.task} yet.")
+                                f"{self.spec.task}.")
+        self.score_threshold = score_threshold
         n = self.spec.num_classes
         if labels is not None:
             names = _read_labels(labels) if isinstance(labels, (str, os.PathLike)) else list(labels)
@@ -105,8 +114,52 @@ class Predictor:
         single = isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3))
         items = [images] if single else list(images)
         decoded = [self.decode(item, color) for item in items]
-        results = self.segment(decoded, probabilities) if self.task == "segmentation" else self.classify(decoded)
+        if self.task == "segmentation":
+            results = self.segment(decoded, probabilities)
+        elif self.task == "detection":
+            results = self.detect(decoded)
+        else:
+            results = self.classify(decoded)
         return results[0] if single else results
+
+    def detect(self, decoded: Sequence[tuple[np.ndarray, str]], batch_size: int | None = None) -> list:
+        """DetectionResults (boxes in each image's own pixels) for decoded (RGB, name) pairs.
+
+        The image is letterboxed into the artifact's square input (as in training); the artifact's outputs are
+        either the fixed-K contract ``num_dets, boxes, scores, classes`` (an export with NMS) or the raw
+        ``boxes, scores`` (PyTorch, or an export without NMS), to which the reference NMS is applied.
+        """
+        from tinyvim_deploy.detection import DetectionResult, letterbox_batch, unletterbox_boxes
+
+        size = self.backend.input_hw[0]
+        step = batch_size or max(1, len(decoded))
+        palette = list(self.spec.palette)
+        results = []
+        for start in range(0, len(decoded), step):
+            chunk = decoded[start : start + step]
+            x, scales = letterbox_batch([rgb for rgb, _ in chunk], size, self.spec.mean, self.spec.std)
+            num_dets, boxes, scores, classes = self._detections(self.backend.run(x))
+            for j, (rgb, source) in enumerate(chunk):
+                k = int(num_dets[j, 0])
+                keep = np.arange(k) if self.score_threshold is None else np.flatnonzero(
+                    scores[j, :k] >= self.score_threshold)
+                ids = classes[j, keep].astype(np.int64)
+                results.append(DetectionResult(
+                    unletterbox_boxes(boxes[j, keep], scales[j], rgb.shape[:2]), scores[j, keep].astype(np.float32),
+                    ids, [self.class_names[i] for i in ids], source, palette))
+        return results
+
+    def _detections(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        if len(outputs) == 4:  # exported with NMS: already the contract
+            return tuple(outputs)
+        import torch
+
+        from tinyvim_deploy.models.detection import multiclass_nms
+
+        recorded = (getattr(self.backend, "metadata", None) or {}).get("nms")
+        settings = {k: v for k, v in json.loads(recorded).items() if k != "kind"} if recorded else {}
+        dets = multiclass_nms(torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1]), **settings)
+        return tuple(t.numpy() for t in dets)
 
     def segment(self, decoded: Sequence[tuple[np.ndarray, str]], probabilities: bool = False,
                 slide: bool = False, stride: tuple[int, int] | None = None) -> list:

@@ -23,6 +23,18 @@ def prediction_table(result: ClassificationResult) -> Group:
     return Group(Text(result.source, style="bold"), table)  # a long path must not wrap inside a title
 
 
+def detection_table(result, top: int = 20) -> Group:
+    """tvdeploy predict on a detector: the best ``top`` detections, boxes in the image's pixels."""
+    table = Table()
+    for col, justify in (("#", "right"), ("label", "left"), ("score", "right"), ("x1", "right"), ("y1", "right"),
+                         ("x2", "right"), ("y2", "right")):
+        table.add_column(col, justify=justify)
+    for rank, (box, score, label) in enumerate(zip(result.boxes[:top], result.scores[:top], result.labels[:top]), 1):
+        table.add_row(str(rank), label, f"{score:.3f}", *(f"{v:.1f}" for v in box))
+    more = f", {len(result) - top} more not shown" if len(result) > top else ""
+    return Group(Text(f"{result.source}: {len(result)} detections{more}", style="bold"), table)
+
+
 def segmentation_table(result, top: int = 5) -> Group:
     """tvdeploy predict on a segmentor: the classes covering most of the image."""
     table = Table()

@@ -80,20 +80,14 @@ class DetectionSamples:
 
 def prepare_samples(data, size: int, mean: Sequence[float], std: Sequence[float]) -> DetectionSamples:
     """A :class:`~tinyvim_deploy.training.shapesdet.DetectionData` -> network inputs, like the Predictor's."""
-    from tinyvim_deploy.detection import letterbox
+    from tinyvim_deploy.detection import letterbox_batch
 
     if len(data) == 0:
         raise DatasetError("The detection data set is empty.")
-    images, boxes, scales = [], [], []
-    for image, b in zip(data.images, data.boxes):
-        boxed, scale, _ = letterbox(np.asarray(image), size)
-        images.append(boxed)
-        boxes.append(torch.as_tensor(np.asarray(b, np.float32).reshape(-1, 4) * scale))
-        scales.append(scale)
-    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
-    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    images, scales = letterbox_batch(data.images, size, mean, std)
+    boxes = [torch.as_tensor(np.asarray(b, np.float32).reshape(-1, 4) * s) for b, s in zip(data.boxes, scales)]
     labels = [torch.as_tensor(np.asarray(lab, np.int64).reshape(-1)) for lab in data.labels]
-    return DetectionSamples((pixels - m) / s, boxes, labels, scales)
+    return DetectionSamples(torch.from_numpy(images), boxes, labels, scales)
 
 
 def batch_plan(n: int, config: DetectionTrainConfig, epoch: int) -> tuple[Tensor, Tensor]:
