@@ -166,7 +166,7 @@ def _run_chunks(session, x: np.ndarray) -> list[np.ndarray]:
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
-def _matched_fraction(ref, got, iou: float = 0.9) -> float:
+def matched_fraction(ref, got, iou: float = 0.9) -> float:
     """Share of the reference's detections that the candidate has too (same class, box IoU ≥ ``iou``)."""
     from tinyvim_deploy.models.detection import box_iou
 
@@ -223,7 +223,7 @@ def validate_detector(raw_model: bytes, final_path, torch_model: torch.nn.Module
         with torch.no_grad():
             end_to_end = multiclass_nms(torch.from_numpy(ref_boxes), torch.from_numpy(ref_scores),
                                         **nms_config.as_kwargs())
-        agree = _matched_fraction(Detections(*(t.numpy() for t in end_to_end)), got)
+        agree = matched_fraction(Detections(*(t.numpy() for t in end_to_end)), got)
         checks.append(Check(f"{name}: detections vs PyTorch (info)", 1.0 - agree, 1.0 - agree, agree, True,
                             info=True))
     return ValidationReport(checks, atol)

@@ -143,3 +143,13 @@ def test_cli_train_then_distill_then_resume_rules(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # the run folder holds a checkpoint: continuing must be explicit
         cli_main(["distill", "--teacher", str(teacher_dir / "tinyvim-s-det.pth"), "-o", str(student_dir), *common])
     assert e.value.code == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_bench_compare_times_a_detector_on_torch_and_onnx(tmp_path):
+    from tinyvim_deploy.profiling import compare_formats
+
+    rows = compare_formats("tinyvim-s-det", ["torch", "onnx"], workdir=tmp_path, input_size=SIZE, warmup=1,
+                           iterations=3)
+    assert [r.status for r in rows] == ["ok", "ok"]
+    for row in rows:  # ranked detection scores after NMS, against unfused eager PyTorch
+        assert row.max_abs_diff < 1e-4 and row.result.latency.p50_ms > 0

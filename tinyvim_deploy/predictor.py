@@ -82,6 +82,10 @@ class Predictor:
 
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
         s = self.spec
+        if s.task == "detection":
+            from tinyvim_deploy.detection import letterbox_batch
+
+            return letterbox_batch(images, self.backend.input_hw[0], s.mean, s.std)[0]
         return preprocess(images, self.backend.input_hw, crop_pct=s.crop_pct, interpolation=s.interpolation,
                           mean=s.mean, std=s.std)
 
@@ -138,7 +142,7 @@ class Predictor:
         for start in range(0, len(decoded), step):
             chunk = decoded[start : start + step]
             x, scales = letterbox_batch([rgb for rgb, _ in chunk], size, self.spec.mean, self.spec.std)
-            num_dets, boxes, scores, classes = self._detections(self.backend.run(x))
+            num_dets, boxes, scores, classes = self.detections_from_outputs(self.backend.run(x))
             for j, (rgb, source) in enumerate(chunk):
                 k = int(num_dets[j, 0])
                 keep = np.arange(k) if self.score_threshold is None else np.flatnonzero(
@@ -149,7 +153,7 @@ class Predictor:
                     ids, [self.class_names[i] for i in ids], source, palette))
         return results
 
-    def _detections(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    def detections_from_outputs(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         if len(outputs) == 4:  # exported with NMS: already the contract
             return tuple(outputs)
         import torch
