@@ -153,3 +153,16 @@ def test_bench_compare_times_a_detector_on_torch_and_onnx(tmp_path):
     assert [r.status for r in rows] == ["ok", "ok"]
     for row in rows:  # ranked detection scores after NMS, against unfused eager PyTorch
         assert row.max_abs_diff < 1e-4 and row.result.latency.p50_ms > 0
+
+
+def test_eval_reads_a_coco_folder(det_export, tmp_path, capsys):
+    from tinyvim_deploy.training.shapesdet import make_detection_dataset, write_coco_folder
+
+    _, _, _, result = det_export
+    write_coco_folder(tmp_path / "coco", make_detection_dataset(4, size=96, seed=3, split="test"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["eval", str(result.path), "--data", str(tmp_path / "coco"), "--json", str(tmp_path / "m.json")])
+    assert exit_info.value.code in (0, None)
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert 0 <= metrics["ap"] <= 1 and metrics["area_ranges"]["small"][1] == pytest.approx((32 * 96 / 640) ** 2)
+    assert "on 4 images of" in capsys.readouterr().out
