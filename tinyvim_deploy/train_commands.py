@@ -137,38 +137,15 @@ def _run(model: str, data: str, val_data: str | None, method: str, teacher_path:
 _DATA_HELP = f"A COCO folder (annotations.json + images/) or {SYNTHETIC}[:iid|context]."
 
 
-@app.command("train")
 def train_cmd(
-    model: str = typer.Option("tinyvim-b-det", "--model", "-m", help="The detector to train."),
-    data: str = typer.Option(SYNTHETIC, "--data", help=_DATA_HELP),
-    val_data: str | None = typer.Option(None, "--val-data", help="Validation COCO folder (synthetic: its val split)."),
-    images: int = typer.Option(400, "--images", help="Synthetic: training images."),
-    val_images: int = typer.Option(200, "--val-images", help="Synthetic: validation images."),
-    input_size: int = typer.Option(128, "--input-size", help="Square letterboxed input side (multiple of 32)."),
-    epochs: int = typer.Option(12, "--epochs"),
-    batch: int = typer.Option(8, "--batch", help="Global batch size (split over torchrun processes)."),
-    lr: float = typer.Option(1e-3, "--lr"),
-    seed: int = typer.Option(0, "--seed", help="Initialisation, data order and flips."),
-    data_seed: int = typer.Option(0, "--data-seed", help="Synthetic: which images."),
-    freeze_bn: bool = typer.Option(False, "--freeze-bn", help="BatchNorm keeps its running statistics."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Run folder (default runs/MODEL-none)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/last.ckpt."),
-    device: str = typer.Option("cpu", "--device"),
-    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Steps between checkpoints (0: per epoch)."),
-) -> None:
-    """Train a detector from scratch (the DRKD teacher, or a plain student)."""
-    _run(model, data, val_data, "none", None, None, images, val_images, input_size, epochs, batch, lr, seed,
-         data_seed, None, freeze_bn, output, resume, device, checkpoint_every)
-
-
-@app.command("distill")
-def distill_cmd(
-    teacher: Path = typer.Option(..., "--teacher", help="The trained teacher's weights (from `tvdeploy train`)."),
-    student: str = typer.Option("tinyvim-s-det", "--student", help="The detector to train."),
-    method: str = typer.Option("drkd", "--method", help="drkd (relations, §2-§3), fitnet (plain FPN mimicry) "
-                                                       "or none (no distillation, the baseline)."),
+    model: str | None = typer.Option(None, "--model", "--student", "-m",
+                                     help="The detector to train (default: tinyvim-b-det for train, the teacher; "
+                                          "tinyvim-s-det for distill, the student)."),
+    teacher: Path | None = typer.Option(None, "--teacher", help="distill: the trained teacher's weights."),
+    method: str | None = typer.Option(None, "--method", help="drkd (relations, §2-§3; distill's default), fitnet "
+                                                             "(plain FPN mimicry) or none (no distillation)."),
     teacher_model: str | None = typer.Option(None, "--teacher-model",
-                                             help="The teacher's model name (default: read from the file)."),
+                                             help="The teacher's model name (default: read from its file)."),
     kd_weights: str | None = typer.Option(None, "--kd-weights",
                                           help="drkd: λ_PR,λ_IR,λ_INS; fitnet: λ (default: calibrated at step 0)."),
     data: str = typer.Option(SYNTHETIC, "--data", help=_DATA_HELP),
@@ -182,15 +159,23 @@ def distill_cmd(
     seed: int = typer.Option(0, "--seed", help="Initialisation, data order and flips."),
     data_seed: int = typer.Option(0, "--data-seed", help="Synthetic: which images."),
     freeze_bn: bool = typer.Option(False, "--freeze-bn", help="BatchNorm keeps its running statistics."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Run folder (default runs/STUDENT-METHOD)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Run folder (default runs/MODEL-METHOD)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/last.ckpt."),
     device: str = typer.Option("cpu", "--device"),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Steps between checkpoints (0: per epoch)."),
 ) -> None:
-    """Train a student detector distilled from a frozen teacher (DRKD, FitNet or none)."""
+    """Train a detector: from scratch (`train`), or distilled from a frozen teacher (`distill --teacher T.pth`)."""
     from tinyvim_deploy.training.detect import METHODS
 
+    distilling = teacher is not None
+    method = method or ("drkd" if distilling else "none")
     if method not in METHODS:
         raise DatasetError(f"Unknown --method {method!r}: use one of {', '.join(METHODS)}.")
-    _run(student, data, val_data, method, teacher, teacher_model, images, val_images, input_size, epochs, batch,
-         lr, seed, data_seed, kd_weights, freeze_bn, output, resume, device, checkpoint_every)
+    model = model or ("tinyvim-s-det" if distilling else "tinyvim-b-det")
+    _run(model, data, val_data, method, teacher, teacher_model, images, val_images, input_size, epochs, batch, lr,
+         seed, data_seed, kd_weights, freeze_bn, output, resume, device, checkpoint_every)
+
+
+# One command, two names: `train` reads as training from scratch, `distill` as training with a teacher.
+app.command("train")(train_cmd)
+app.command("distill")(train_cmd)
