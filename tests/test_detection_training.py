@@ -6,6 +6,7 @@ Micro models (tests/detection_micro.py) on 96² ShapesDet images keep the whole 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -92,8 +93,12 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.path.dirname(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     subprocess.run([sys.executable, script, str(one)], check=True, env=env, timeout=300)
+    with socket.socket() as probe:  # a free port: CI may run other jobs on this machine
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", script, str(two)], env=env, timeout=300,
+                          "--master_addr", "127.0.0.1", "--master_port", str(port), script, str(two)], env=env,
+                         timeout=300,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
