@@ -45,6 +45,9 @@ FP32_OP_TYPES = ("LayerNormalization", "Softmax")
 # Segmentors add their prototype / SSA tails: the matmuls after the softmaxes and the L2 norms of the
 # cosine classifier (cgrseg.md §10 #5, ssa.md §8 #1–3); EfficientFormerV2's attention matmuls go with them.
 FP32_OP_TYPES_SEGMENTATION = FP32_OP_TYPES + ("MatMul", "ReduceL2")
+# Detectors: the NMS plugin takes the float32 boxes and scores the export validated (its own inputs may be
+# FP16, but an FP16 box at 320 px is only 0.25 px exact, and a cast before it costs nothing).
+FP32_OP_TYPES_DETECTION = FP32_OP_TYPES + ("EfficientNMS_TRT",)
 FP32_FUNCTION_PREFIX = f"{DOMAIN}.SelectiveScan/"
 # Relative tolerance of a build against its reference: max abs diff <= rtol * max(1, max |reference|).
 RTOL = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2}
@@ -81,8 +84,8 @@ def fp32_node_names(model: onnx.ModelProto) -> list[str]:
     """Top-level nodes to keep in FP32: the inlined scan and the FP32 op types of the model's task."""
     from tinyvim_deploy.export.metadata import read_metadata
 
-    segmentation = read_metadata(model).get("task") == "segmentation"
-    op_types = FP32_OP_TYPES_SEGMENTATION if segmentation else FP32_OP_TYPES
+    task = read_metadata(model).get("task", "classification")
+    op_types = {"segmentation": FP32_OP_TYPES_SEGMENTATION, "detection": FP32_OP_TYPES_DETECTION}.get(task, FP32_OP_TYPES)
     return [n.name for n in model.graph.node
             if n.name.startswith(FP32_FUNCTION_PREFIX) or n.op_type in op_types
             or (n.domain == DOMAIN and n.op_type == "SelectiveScan")]
@@ -323,6 +326,7 @@ def export_tensorrt(onnx_path: Path, torch_model: Any, *, output: Path | None, o
     Q/DQ model in ONNX Runtime (``reference_onnx``), since INT8 is judged against its own model.
     """
     from tinyvim_deploy.export.metadata import read_metadata
+    from tinyvim_deploy.export.nms import cut_before_nms
     from tinyvim_deploy.fileio import file_sha256
     from tinyvim_deploy.runtimes.tensorrt import TensorRTBackend, sidecar_path
 
@@ -330,17 +334,18 @@ def export_tensorrt(onnx_path: Path, torch_model: Any, *, output: Path | None, o
     check_build_mode(trt_module.__version__, strongly_typed=options.strongly_typed, precision=options.precision,
                      dla_core=options.dla_core)
     source = onnx.load(str(onnx_path))
+    metadata = read_metadata(source)
     prepared = prepare_onnx(source, options.precision, plugins=bool(options.plugin_libs))
     reference = reference_outputs(torch_model, reference_onnx, inputs)
-    task = read_metadata(source).get("task", "classification")
+    judge = _judge_for(metadata, options.precision)
     prepared_check = None
     if not options.plugin_libs:  # what TensorRT will compute, run first where it is cheap: ORT on the CPU
-        prepared_check = compare_outputs(lambda x: run_onnx(prepared, x), reference, options.precision, task)
+        before_nms = cut_before_nms(prepared) if has_nms_plugin(prepared) else prepared
+        prepared_check = judge(lambda x: run_onnx(before_nms, x), reference)
         if not prepared_check.passed:
             raise ValidationError(f"The {options.precision} graph prepared for TensorRT differs from its reference "
                                   f"in ONNX Runtime (max abs diff {prepared_check.max_abs:.2e}); nothing was built.")
 
-    metadata = read_metadata(source)
     _, h, w = json.loads(metadata["input_size"])
     input_name = source.graph.input[0].name
     t0 = time.perf_counter()
@@ -359,23 +364,50 @@ def export_tensorrt(onnx_path: Path, torch_model: Any, *, output: Path | None, o
         engine_tmp.write_bytes(plan)
         sidecar_tmp.write_text(json.dumps(sidecar.to_json(), indent=2) + "\n", encoding="utf-8")
         with TensorRTBackend(engine_tmp, device="cuda", sidecar=sidecar) as backend:
-            engine_check = compare_outputs(backend.run, reference, options.precision, task)
+            engine_check = judge(backend.run, reference)
         if not engine_check.passed:
             raise ValidationError(f"The TensorRT engine differs from its reference (max abs diff "
                                   f"{engine_check.max_abs:.2e} > {engine_check.atol:.2e}); nothing was written.")
     return TensorRTExport(engine, sidecar, onnx_path, prepared_check, engine_check, build_seconds)
 
 
-def reference_outputs(torch_model: Any, reference_onnx: Path | None,
-                      inputs: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """name -> (input batch, reference logits)."""
+Reference = dict[str, tuple[np.ndarray, list[np.ndarray]]]  # input name -> (batch, reference outputs)
+Judge = Callable[[Callable[[np.ndarray], list[np.ndarray]], Reference], Any]
+
+
+def has_nms_plugin(model: onnx.ModelProto) -> bool:
+    from tinyvim_deploy.export.nms import PLUGIN_OP
+
+    return any(n.op_type == PLUGIN_OP for n in model.graph.node)
+
+
+def _judge_for(metadata: dict[str, str], precision: str) -> Judge:
+    """How a run of the prepared graph or of the engine is compared with the reference, by task."""
+    task = metadata.get("task", "classification")
+    if task != "detection":
+        return lambda run, reference: compare_outputs(run, reference, precision, task)
+    from tinyvim_deploy.export.metadata import class_names_from_metadata
+    from tinyvim_deploy.export.nms import NMSConfig
+
+    recorded = {k: v for k, v in json.loads(metadata.get("nms", "{}")).items() if k != "kind"}
+    nms_config = NMSConfig(**recorded)
+    num_classes = len(class_names_from_metadata(metadata)) or None
+    return lambda run, reference: compare_detector_outputs(run, reference, precision, nms_config, num_classes)
+
+
+def reference_outputs(torch_model: Any, reference_onnx: Path | None, inputs: dict[str, np.ndarray]) -> Reference:
+    """name -> (input batch, reference outputs: logits, or a detector's raw boxes and scores)."""
     if reference_onnx is not None:
         model = onnx.load(str(reference_onnx))
-        return {name: (x, run_onnx(model, x)[0]) for name, x in inputs.items()}
+        return {name: (x, run_onnx(model, x)) for name, x in inputs.items()}
     import torch
 
+    reference = {}
     with torch.no_grad():
-        return {name: (x, torch_model(torch.from_numpy(x)).numpy()) for name, x in inputs.items()}
+        for name, x in inputs.items():
+            out = torch_model(torch.from_numpy(x))
+            reference[name] = (x, [t.numpy() for t in out] if isinstance(out, (tuple, list)) else [out.numpy()])
+    return reference
 
 
 def run_onnx(model: onnx.ModelProto, batch: np.ndarray) -> list[np.ndarray]:
@@ -389,15 +421,52 @@ def run_onnx(model: onnx.ModelProto, batch: np.ndarray) -> list[np.ndarray]:
     return [np.concatenate(outputs) for outputs in zip(*parts)]
 
 
-def compare_outputs(run: Callable[[np.ndarray], list[np.ndarray]],
-                    reference: dict[str, tuple[np.ndarray, np.ndarray]], precision: str,
+def compare_outputs(run: Callable[[np.ndarray], list[np.ndarray]], reference: Reference, precision: str,
                     task: str = "classification") -> Any:
     """A ValidationReport of ``run`` against the reference, with the precision's tolerance."""
     from tinyvim_deploy.export.validate import ValidationReport, compare
 
     checks = []
     atol = 0.0
-    for name, (x, ref) in reference.items():
+    for name, (x, (ref, *_)) in reference.items():
         atol = max(atol, tolerance(precision, ref))
         checks.append(compare(ref, run(x)[0], name, tolerance(precision, ref), task))
+    return ValidationReport(checks, atol)
+
+
+def compare_detector_outputs(run: Callable[[np.ndarray], list[np.ndarray]], reference: Reference, precision: str,
+                             nms_config: Any, num_classes: int | None) -> Any:
+    """A detector's run against PyTorch's raw boxes and scores, whichever of its two forms ``run`` returns.
+
+    Raw outputs (the graph before the NMS plugin, or an engine exported with ``--nms none``): boxes / side
+    and scores within the precision's tolerance. The contract's four outputs (the engine with
+    EfficientNMS_TRT): the best detection of each image against the reference NMS on PyTorch's outputs,
+    plus the contract's invariants (``validate.top_detection_check``); the share of all reference
+    detections found is reported, not judged, since near-tied scores may swap under FP16.
+    """
+    import torch
+
+    from tinyvim_deploy.export.validate import (
+        Check,
+        ValidationReport,
+        matched_fraction,
+        raw_detection_checks,
+        top_detection_check,
+    )
+    from tinyvim_deploy.models.detection import Detections, multiclass_nms
+
+    atol = RTOL[precision]  # boxes / side and scores both lie in [0, 1]
+    checks: list[Check] = []
+    for name, (x, (ref_boxes, ref_scores)) in reference.items():
+        outputs = run(x)
+        if len(outputs) == 2:
+            checks += raw_detection_checks(name, x, ref_boxes, ref_scores, outputs[0], outputs[1], atol)
+            continue
+        got = Detections(*outputs)
+        ref = Detections(*(t.numpy() for t in multiclass_nms(torch.from_numpy(ref_boxes), torch.from_numpy(ref_scores),
+                                                              **nms_config.as_kwargs())))
+        checks.append(top_detection_check(name, x, ref_boxes, ref_scores, got, atol, nms_config.score_threshold,
+                                          num_classes))
+        agree = matched_fraction(ref, got)
+        checks.append(Check(f"{name}: detections vs PyTorch (info)", 1.0 - agree, 1.0 - agree, agree, True, info=True))
     return ValidationReport(checks, atol)

@@ -302,7 +302,9 @@ class TensorRTBackend(Backend):
             cuda_call(cudart.cudaMemcpyAsync(buf.host_ptr, buf.device_ptr, nbytes,
                                              cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream))
         cuda_call(cudart.cudaStreamSynchronize(stream))
-        return [self._buffers[n].host(out_shapes[n]).astype(np.float32, copy=True) for n in self._outputs]
+        # copies (the pinned buffers are reused); FP16 outputs as float32, integer ones (NMS counts, classes) kept
+        outputs = [self._buffers[n].host(out_shapes[n]) for n in self._outputs]
+        return [o.astype(np.float32) if o.dtype == np.float16 else o.copy() for o in outputs]
 
     def _execute(self, shape: tuple[int, ...]) -> None:
         """Enqueue the engine, or replay its CUDA graph (captured on the second call for this shape)."""

@@ -247,3 +247,74 @@ def test_segmentor_fp16_graph_keeps_its_tails_in_fp32(tmp_path):
     ref, got = te.run_onnx(source, x)[0], te.run_onnx(prepared, x)[0]
     assert np.abs(got - ref).max() <= te.tolerance("fp16", ref)
     assert np.mean(got.argmax(1) == ref.argmax(1)) > 0.99
+
+
+def test_detector_engine_path_prepares_and_judges_without_tensorrt(tmp_path):
+    """tinyvim-s-det for TensorRT: the EfficientNMS_TRT graph survives preparation, the NMS plugin and scan stay
+    FP32, the graph before the plugin matches PyTorch in ORT, and the engine's judge accepts the contract's
+    four outputs when they are right (the ONNX-NMS export stands in for the engine) and refuses them when not."""
+    from tinyvim_deploy.export.metadata import read_metadata
+    from tinyvim_deploy.export.nms import cut_before_nms
+    from tinyvim_deploy.export.onnx_export import export_onnx
+    from tinyvim_deploy.export.validate import validation_inputs
+    from tinyvim_deploy.models import create_model, get_spec
+
+    torch.manual_seed(0)
+    weights = tmp_path / "det.pth"
+    model = create_model("tinyvim-s-det").eval()
+    with torch.no_grad():  # a random head scores every class alike; set them apart so a wrong class shows
+        model.head.cls_logits.bias.copy_(torch.linspace(-6.0, -1.0, 6))
+    torch.save(model.state_dict(), weights)
+    trt_path = export_onnx("tinyvim-s-det", weights=weights, output=tmp_path / "trt.onnx", input_size=128,
+                           nms="efficient-nms", photos_dir=None).path
+    ort_path = export_onnx("tinyvim-s-det", weights=weights, output=tmp_path / "ort.onnx", input_size=128,
+                           photos_dir=None).path
+    source = onnx.load(str(trt_path))
+    metadata = read_metadata(source)
+    inputs = validation_inputs((128, 128), [1], get_spec("tinyvim-s-det"), PHOTOS if PHOTOS.is_dir() else None)
+    reference = te.reference_outputs(model, None, inputs)
+    assert check_onnx(source, "10.15").supported  # EfficientNMS_TRT is TensorRT's own plugin
+    for precision in ("fp32", "fp16"):
+        prepared = te.prepare_onnx(source, precision)
+        assert te.has_nms_plugin(prepared) and not any(n.domain == "tinyvim" for n in prepared.graph.node)
+        plugin = next(n for n in prepared.graph.node if n.op_type == "EfficientNMS_TRT")
+        assert plugin.name in te.fp32_node_names(prepared)
+        kinds = value_types(cut_before_nms(prepared))
+        assert all(kinds[i] == onnx.TensorProto.FLOAT for i in plugin.input)  # float32 boxes and scores in
+        judge = te._judge_for(metadata, precision)
+        report = judge(lambda x, p=prepared: te.run_onnx(cut_before_nms(p), x), reference)
+        assert report.passed and report.max_abs <= te.RTOL[precision], report.checks
+
+    judge = te._judge_for(metadata, "fp16")
+    ort_model = onnx.load(str(ort_path))
+
+    def engine_stand_in(x, change=None):
+        outputs = te.run_onnx(ort_model, x)
+        if change:
+            change(outputs)
+        return outputs
+
+    good = judge(engine_stand_in, reference)
+    assert good.passed and [c for c in good.checks if "best detection" in c.name]
+    assert all(c.top1_agree == 1.0 for c in good.checks if not c.info)
+
+    def shift_scores(outputs):
+        outputs[2] += 0.05
+
+    def wrong_class(outputs):
+        outputs[3][:, 0] = (outputs[3][:, 0] + 1) % 6
+
+    def nothing_found(outputs):
+        outputs[0][:] = 0
+
+    for change in (shift_scores, wrong_class, nothing_found):
+        assert not judge(lambda x, c=change: engine_stand_in(x, c), reference).passed, change.__name__
+
+
+def test_detector_target_trt_asks_for_tensorrt_and_refuses_onnx_nms(tmp_path):
+    r = tvdeploy("export", "--model", "tinyvim-s-det", "--target", "trt", "-o", tmp_path / "d.onnx")
+    assert r.returncode == 2 and "TensorRT is not installed" in r.stderr and not list(tmp_path.iterdir())
+    r = tvdeploy("export", "--model", "tinyvim-s-det", "--target", "trt", "--nms", "onnx")
+    assert r.returncode == 2 and "--nms efficient-nms" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = tvdeploy("export", "--model", "tinyvim-s-det", "--target", "trt", "--precision", "int8")
+    assert r.returncode == 2 and "INT8 export of detectors" in r.stderr

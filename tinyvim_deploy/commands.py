@@ -63,8 +63,9 @@ def export_cmd(
     plugin_lib: list[Path] = typer.Option([], "--plugin-lib", help="TensorRT plugin library for the tinyvim ops."),
     strongly_typed: bool = typer.Option(True, "--strongly-typed/--no-strongly-typed",
                                         help="TensorRT 10: weak typing with builder precision flags instead."),
-    nms: str = typer.Option("onnx", "--nms", help="Detectors: onnx (NonMaxSuppression subgraph), efficient-nms "
-                                                  "(TensorRT's EfficientNMS_TRT plugin) or none (raw boxes, scores)."),
+    nms: str | None = typer.Option(None, "--nms", help="Detectors: onnx (NonMaxSuppression subgraph; the default), "
+                                   "efficient-nms (TensorRT's EfficientNMS_TRT plugin; the default and only NMS "
+                                   "of --target trt) or none (raw boxes, scores)."),
     score_threshold: float = typer.Option(0.05, "--score-threshold", help="Detectors: NMS score threshold."),
     iou_threshold: float = typer.Option(0.6, "--iou-threshold", help="Detectors: NMS IoU threshold."),
     max_det: int = typer.Option(100, "--max-det", help="Detectors: detections per image (K of the output)."),
@@ -80,12 +81,12 @@ def export_cmd(
         from tinyvim_deploy.export.nms import NMSConfig
 
         nms_config = NMSConfig(score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det)
-        if int8:
-            raise ExportError("INT8 export of detectors is not implemented yet: export FP32 (or Core ML FP16).")
-        if target == "trt":
-            raise ExportError("TensorRT engines of detectors are built from the EfficientNMS_TRT model: run "
-                              "`tvdeploy export --target onnx --nms efficient-nms`, then `trtexec --onnx=FILE "
-                              "--saveEngine=FILE.engine --fp16` on the device.")
+        if int8 or precision == "int8" and target == "trt":
+            raise ExportError("INT8 export of detectors is not implemented yet: export FP32 or FP16.")
+        if target == "trt" and nms == "onnx":
+            raise ExportError("TensorRT engines of detectors run TensorRT's own NMS: use --nms efficient-nms "
+                              "(the default for --target trt) or --nms none.")
+        nms = nms or ("efficient-nms" if target == "trt" else "onnx")
     if int8 and calib_data is None:
         raise ExportError("--int8 needs calibration images: pass --calib-data DIR (or a list file).")
     if target not in TARGETS:
@@ -113,7 +114,7 @@ def export_cmd(
     result = export_onnx(
         model, weights=weights, output=output, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
         opset=opset, simplify_graph=not no_simplify, inline=inline_custom_ops, scan_impl=scan_impl, atol=atol,
-        photos_dir=photos or default_photos_dir(), include_postprocess=include_postprocess, nms=nms,
+        photos_dir=photos or default_photos_dir(), include_postprocess=include_postprocess, nms=nms or "onnx",
         nms_config=nms_config,
     )
     if result.report:

@@ -169,11 +169,11 @@ def _prepare_torch(model_name, weights, workdir, **_):
     return model_name, Path(weights).stat().st_size / 1e6  # compare_formats always has a weights file
 
 
-def _prepare_onnx(model_name, weights, workdir, *, batch, input_size, **_):
+def _prepare_onnx(model_name, weights, workdir, *, batch, input_size, nms="onnx", suffix="", **_):
     from tinyvim_deploy.export.onnx_export import export_onnx
 
-    result = export_onnx(model_name, weights=weights, output=Path(workdir) / f"{model_name}.onnx",
-                         input_size=input_size, batch=batch, photos_dir=None)
+    result = export_onnx(model_name, weights=weights, output=Path(workdir) / f"{model_name}{suffix}.onnx",
+                         input_size=input_size, batch=batch, photos_dir=None, nms=nms)
     return str(result.path), result.path.stat().st_size / 1e6
 
 
@@ -195,7 +195,9 @@ def _prepare_trt(model_name, weights, workdir, *, batch, input_size, **_):
     from tinyvim_deploy.runtimes.tensorrt import import_tensorrt
 
     import_tensorrt()  # before exporting anything: the row then says how to get TensorRT
-    onnx_path, _ = _prepare_onnx(model_name, weights, workdir, batch=batch, input_size=input_size)
+    # detectors: TensorRT's own NMS plugin (the ONNX NMS subgraph is for ONNX Runtime)
+    onnx_path, _ = _prepare_onnx(model_name, weights, workdir, batch=batch, input_size=input_size,
+                                 nms="efficient-nms", suffix="_trt")
     model = reparameterize(create_model(model_name, weights=weights))
     size = model.spec.input_size[1:] if input_size is None else parse_input_size(input_size, model.spec.input_size[1:])
     result = export_tensorrt(Path(onnx_path), model, output=None, options=BuildOptions("fp16", BatchProfile(batch, batch,
