@@ -294,8 +294,9 @@ def train_detector(student: TinyViMDetector, samples: DetectionSamples, config: 
     model: nn.Module = objective
     if world > 1:
         # unused parameters: stage 1's output BN (the FPN starts at stride 8) and, for DRKD, relation modules of
-        # levels where a batch has fewer than two GT boxes
-        model = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True, broadcast_buffers=False)
+        # levels where a batch has fewer than two GT boxes. Buffers are synced once at init (all ranks start
+        # equal) and not on every forward: each process keeps its own BatchNorm statistics, as documented.
+        model = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True, forward_sync_buffers=False)
     local = config.batch_size // world
     end = total_steps if stop_after is None else min(total_steps, stop_after)
     while step < end:
