@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -106,6 +107,12 @@ class NMSConfig:
     def as_kwargs(self) -> dict[str, float | int]:
         """Keyword arguments of :func:`~tinyvim_deploy.models.detection.multiclass_nms`."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> NMSConfig:
+        """The settings an export recorded in its ``nms`` metadata entry (the defaults where there is none)."""
+        recorded = json.loads(metadata.get("nms", "{}"))
+        return cls(**{k: v for k, v in recorded.items() if k != "kind"})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -412,6 +419,10 @@ def append_efficient_nms_trt(model: onnx.ModelProto, config: NMSConfig | None = 
 
 def _plugin_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.op_type == PLUGIN_OP]
+
+
+def has_efficient_nms(model: onnx.ModelProto) -> bool:
+    return bool(_plugin_nodes(model))
 
 
 def _dims(info: onnx.ValueInfoProto | None) -> list[int | str | None] | None:

@@ -55,10 +55,6 @@ class CheckReport:
 BUILTIN_PLUGINS = {"EfficientNMS_TRT": "detectors exported with --nms efficient-nms"}
 
 
-def node_op(key: str) -> str:
-    return key.split("::")[-1]
-
-
 def load_support() -> dict[str, Any]:
     text = resources.files("tinyvim_deploy.export").joinpath("tensorrt_ops.json").read_text(encoding="utf-8")
     data: dict[str, Any] = json.loads(text)
@@ -214,9 +210,10 @@ def check_onnx(model: onnx.ModelProto, tensorrt_version: str = "10.15", *, keep_
     rows = []
     for key, count in sorted(counts.items()):
         op_notes = list(notes[key])
-        if node_op(key) in BUILTIN_PLUGINS:  # loaded by trt.init_libnvinfer_plugins, which our build calls
+        op_type = key.split("::")[-1]
+        if op_type in BUILTIN_PLUGINS:  # loaded by trt.init_libnvinfer_plugins, which our build calls
             status = OK
-            op_notes.insert(0, f"TensorRT's own plugin ({BUILTIN_PLUGINS[node_op(key)]}), in libnvinfer_plugin")
+            op_notes.insert(0, f"TensorRT's own plugin ({BUILTIN_PLUGINS[op_type]}), in libnvinfer_plugin")
         elif "::" in key:
             domain = key.split("::")[0]
             hint = "--plugin-lib with a plugin creator of this name" if domain == DOMAIN else "a TensorRT plugin"

@@ -326,7 +326,7 @@ def export_tensorrt(onnx_path: Path, torch_model: Any, *, output: Path | None, o
     Q/DQ model in ONNX Runtime (``reference_onnx``), since INT8 is judged against its own model.
     """
     from tinyvim_deploy.export.metadata import read_metadata
-    from tinyvim_deploy.export.nms import cut_before_nms
+    from tinyvim_deploy.export.nms import cut_before_nms, has_efficient_nms
     from tinyvim_deploy.fileio import file_sha256
     from tinyvim_deploy.runtimes.tensorrt import TensorRTBackend, sidecar_path
 
@@ -340,7 +340,7 @@ def export_tensorrt(onnx_path: Path, torch_model: Any, *, output: Path | None, o
     judge = _judge_for(metadata, options.precision)
     prepared_check = None
     if not options.plugin_libs:  # what TensorRT will compute, run first where it is cheap: ORT on the CPU
-        before_nms = cut_before_nms(prepared) if has_nms_plugin(prepared) else prepared
+        before_nms = cut_before_nms(prepared) if has_efficient_nms(prepared) else prepared
         prepared_check = judge(lambda x: run_onnx(before_nms, x), reference)
         if not prepared_check.passed:
             raise ValidationError(f"The {options.precision} graph prepared for TensorRT differs from its reference "
@@ -375,12 +375,6 @@ Reference = dict[str, tuple[np.ndarray, list[np.ndarray]]]  # input name -> (bat
 Judge = Callable[[Callable[[np.ndarray], list[np.ndarray]], Reference], Any]
 
 
-def has_nms_plugin(model: onnx.ModelProto) -> bool:
-    from tinyvim_deploy.export.nms import PLUGIN_OP
-
-    return any(n.op_type == PLUGIN_OP for n in model.graph.node)
-
-
 def _judge_for(metadata: dict[str, str], precision: str) -> Judge:
     """How a run of the prepared graph or of the engine is compared with the reference, by task."""
     task = metadata.get("task", "classification")
@@ -389,8 +383,7 @@ def _judge_for(metadata: dict[str, str], precision: str) -> Judge:
     from tinyvim_deploy.export.metadata import class_names_from_metadata
     from tinyvim_deploy.export.nms import NMSConfig
 
-    recorded = {k: v for k, v in json.loads(metadata.get("nms", "{}")).items() if k != "kind"}
-    nms_config = NMSConfig(**recorded)
+    nms_config = NMSConfig.from_metadata(metadata)
     num_classes = len(class_names_from_metadata(metadata)) or None
     return lambda run, reference: compare_detector_outputs(run, reference, precision, nms_config, num_classes)
 
@@ -444,16 +437,14 @@ def compare_detector_outputs(run: Callable[[np.ndarray], list[np.ndarray]], refe
     plus the contract's invariants (``validate.top_detection_check``); the share of all reference
     detections found is reported, not judged, since near-tied scores may swap under FP16.
     """
-    import torch
-
     from tinyvim_deploy.export.validate import (
         Check,
         ValidationReport,
-        matched_fraction,
+        end_to_end_check,
         raw_detection_checks,
         top_detection_check,
     )
-    from tinyvim_deploy.models.detection import Detections, multiclass_nms
+    from tinyvim_deploy.models.detection import Detections
 
     atol = RTOL[precision]  # boxes / side and scores both lie in [0, 1]
     checks: list[Check] = []
@@ -463,10 +454,7 @@ def compare_detector_outputs(run: Callable[[np.ndarray], list[np.ndarray]], refe
             checks += raw_detection_checks(name, x, ref_boxes, ref_scores, outputs[0], outputs[1], atol)
             continue
         got = Detections(*outputs)
-        ref = Detections(*(t.numpy() for t in multiclass_nms(torch.from_numpy(ref_boxes), torch.from_numpy(ref_scores),
-                                                              **nms_config.as_kwargs())))
         checks.append(top_detection_check(name, x, ref_boxes, ref_scores, got, atol, nms_config.score_threshold,
                                           num_classes))
-        agree = matched_fraction(ref, got)
-        checks.append(Check(f"{name}: detections vs PyTorch (info)", 1.0 - agree, 1.0 - agree, agree, True, info=True))
+        checks.append(end_to_end_check(name, ref_boxes, ref_scores, got, nms_config))
     return ValidationReport(checks, atol)

@@ -254,7 +254,7 @@ def test_detector_engine_path_prepares_and_judges_without_tensorrt(tmp_path):
     FP32, the graph before the plugin matches PyTorch in ORT, and the engine's judge accepts the contract's
     four outputs when they are right (the ONNX-NMS export stands in for the engine) and refuses them when not."""
     from tinyvim_deploy.export.metadata import read_metadata
-    from tinyvim_deploy.export.nms import cut_before_nms
+    from tinyvim_deploy.export.nms import cut_before_nms, has_efficient_nms
     from tinyvim_deploy.export.onnx_export import export_onnx
     from tinyvim_deploy.export.validate import validation_inputs
     from tinyvim_deploy.models import create_model, get_spec
@@ -276,7 +276,7 @@ def test_detector_engine_path_prepares_and_judges_without_tensorrt(tmp_path):
     assert check_onnx(source, "10.15").supported  # EfficientNMS_TRT is TensorRT's own plugin
     for precision in ("fp32", "fp16"):
         prepared = te.prepare_onnx(source, precision)
-        assert te.has_nms_plugin(prepared) and not any(n.domain == "tinyvim" for n in prepared.graph.node)
+        assert has_efficient_nms(prepared) and not any(n.domain == "tinyvim" for n in prepared.graph.node)
         plugin = next(n for n in prepared.graph.node if n.op_type == "EfficientNMS_TRT")
         assert plugin.name in te.fp32_node_names(prepared)
         kinds = value_types(cut_before_nms(prepared))

@@ -7,7 +7,6 @@ backend only runs arrays. One input gives one result, a list gives a list.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,11 +157,11 @@ class Predictor:
             return tuple(outputs)
         import torch
 
+        from tinyvim_deploy.export.nms import NMSConfig
         from tinyvim_deploy.models.detection import multiclass_nms
 
-        recorded = (getattr(self.backend, "metadata", None) or {}).get("nms")
-        settings = {k: v for k, v in json.loads(recorded).items() if k != "kind"} if recorded else {}
-        dets = multiclass_nms(torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1]), **settings)
+        settings = NMSConfig.from_metadata(getattr(self.backend, "metadata", None) or {})
+        dets = multiclass_nms(torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1]), **settings.as_kwargs())
         return tuple(t.numpy() for t in dets)
 
     def segment(self, decoded: Sequence[tuple[np.ndarray, str]], probabilities: bool = False,
