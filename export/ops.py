@@ -156,26 +156,32 @@ def _scan_epilogue(b: _Body, y_t: str) -> None:
 
 
 def _recurrence_scan(b: _Body, log_decay: str, drive: str, C_t: str, opset: int) -> str:
-    """One ONNX ``Scan`` over L; state h (b, K, d, N); emits y_t = <C_t, h_t> per step."""
+    """One ONNX ``Scan`` over L; state h (b, K, d, N); emits y_t = h_t·c_t per step.
+
+    The step is three nodes (Mul, Add, MatMul): each node costs ORT a dispatch per step, so the
+    state is emitted straight from the Add (no Identity) and the read-out is one batched MatMul
+    rather than a broadcast Mul and a ReduceSum.
+    """
     decay = b.Exp(log_decay)
     h0 = b.ConstantOfShape(b.Slice(b.Shape(drive), b.ints(1), b.ints(2**62)),
                            value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+    c_cols = b.Transpose(C_t, perm=[0, 1, 2, 4, 3])  # (L, b, K, N, 1)
     step = _Body("s")
-    h = step.Add(step.Mul("a_t", "h_in"), "bu_t")
-    step.nodes.append(helper.make_node("Identity", [h], ["h_out"]))
-    step.nodes.append(helper.make_node("ReduceSum", [step.Mul(h, "c_t"), step.ints(-1)], ["y_t"], keepdims=0))
-    def tensor(name: str, dims: str) -> onnx.ValueInfoProto:
+    step.nodes.append(helper.make_node("Add", [step.Mul("a_t", "h_in"), "bu_t"], ["h_out"]))
+    step.nodes.append(helper.make_node("MatMul", ["h_out", "c_t"], ["y_t"]))
+
+    def tensor(name: str, rank: int) -> onnx.ValueInfoProto:
         # Rank only, anonymous dims: named dim_params would be shared by every inlined copy of the
         # function and ORT's planner would then assume equal sizes across blocks of different width.
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * len(dims))
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * rank)
 
     graph = helper.make_graph(
         step.nodes, "selective_scan_step",
-        [tensor("h_in", "bkdn"), tensor("a_t", "bkdn"), tensor("bu_t", "bkdn"), tensor("c_t", "bkon")],
-        [tensor("h_out", "bkdn"), tensor("y_t", "bkd")],
+        [tensor("h_in", 4), tensor("a_t", 4), tensor("bu_t", 4), tensor("c_t", 4)],
+        [tensor("h_out", 4), tensor("y_t", 4)],
     )
-    _, y_t = b.Scan(h0, decay, drive, C_t, outputs=2, body=graph, num_scan_inputs=3)
-    return y_t
+    _, y_t = b.Scan(h0, decay, drive, c_cols, outputs=2, body=graph, num_scan_inputs=3)
+    return b.Squeeze(y_t, b.ints(-1))  # (L, b, K, d)
 
 
 def _recurrence_unrolled(b: _Body, log_decay: str, drive: str, C_t: str, length: int) -> str:
