@@ -152,40 +152,35 @@ def conv_kind_table(fp32, int8, x: np.ndarray, threads: int, tmp: Path, runs: in
         print(f"| {kind} | {t32:.2f} | " + (f"{t8:.2f} | {t32 / t8:.2f}× |" if t8 else "- | - |"))
 
 
-def node_kernel_times(path, x: np.ndarray, threads: int, runs: int, optimized_path: Path):
-    """Mean kernel ms per run of each node of ORT's optimized graph, and that graph."""
+def kernel_events(path, x: np.ndarray, threads: int, runs: int, optimized_path: Path | None = None) -> list[dict]:
+    """The ORT profiler's per-node kernel events over ``runs`` runs (and the optimized graph, if asked)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.enable_profiling = threads, True
     options.log_severity_level = 3  # the optimized graph's hardware-specific warning is expected
-    options.optimized_model_filepath = str(optimized_path)
+    if optimized_path:
+        options.optimized_model_filepath = str(optimized_path)
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
     session = ort.InferenceSession(str(path), options)
     for _ in range(runs):
         session.run(None, {session.get_inputs()[0].name: x})
     events = json.loads(Path(session.end_profiling()).read_text())
+    return [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+
+
+def node_kernel_times(path, x: np.ndarray, threads: int, runs: int, optimized_path: Path):
+    """Mean kernel ms per run of each node of ORT's optimized graph, and that graph."""
     per_node = collections.Counter()
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_node[e["name"].removesuffix("_kernel_time")] += e["dur"] / 1e3 / runs
+    for e in kernel_events(path, x, threads, runs, optimized_path):
+        per_node[e["name"].removesuffix("_kernel_time")] += e["dur"] / 1e3 / runs
     return per_node, onnx.load(str(optimized_path))
 
 
 def op_time_shares(path, x, threads: int, runs: int = 30) -> list[tuple[str, float]]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.enable_profiling = threads, True
-    options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
-    session = ort.InferenceSession(str(path), options)
-    for _ in range(runs):
-        session.run(None, {session.get_inputs()[0].name: x})
-    events = json.loads(Path(session.end_profiling()).read_text())
     per_op = collections.Counter()
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_op[e["args"]["op_name"]] += e["dur"]
+    for e in kernel_events(path, x, threads, runs):
+        per_op[e["args"]["op_name"]] += e["dur"]
     total = sum(per_op.values())
     return [(op, t / total) for op, t in per_op.most_common()]
 
