@@ -61,6 +61,7 @@ def run(args, out: Path) -> None:
     weights = out / "tinyvim_s_cgrseg_synthetic.pth"
     losses: list[float] = []
     if args.weights is None:
+        torch.manual_seed(0)  # the initialisation, so that a rerun trains the same model
         model = tv.create_model(MODEL, num_classes=len(SEG_CLASSES))
         box = (args.size, args.size)
         tensors = np.stack([prepare(rgb, model.spec, box)[0] for rgb in train_images])

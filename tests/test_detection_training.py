@@ -105,3 +105,12 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     init = micro_detector().state_dict()
     assert _max_diff(a, init) > 1e-3  # the runs really trained...
     assert _max_diff(a, b) < 1e-5  # ...and the same way
+
+
+def test_seed_fixes_the_student_initialisation():
+    """`tvdeploy train/distill --seed` promises the initialisation: same seed, same student."""
+    from tinyvim_deploy.train_commands import _build_student
+
+    first, again, other = (_build_student("tinyvim-s-det", 3, seed)[1].state_dict() for seed in (5, 5, 6))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)

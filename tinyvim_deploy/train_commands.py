@@ -35,12 +35,15 @@ def load_detection_data(source: str, split: str, images: int, size: int, seed: i
     return read_coco_folder(source)
 
 
-def _build_student(name: str, num_classes: int):
+def _build_student(name: str, num_classes: int, seed: int):
+    import torch
+
     from tinyvim_deploy.models import create_model, get_spec
 
     spec = get_spec(name)
     if spec.task != "detection":
         raise ArtifactError(f"{name} is a {spec.task} model; train/distill build detectors (tinyvim-s-det, ...).")
+    torch.manual_seed(seed)  # --seed promises the initialisation too
     return spec, create_model(name, num_classes=num_classes)
 
 
@@ -83,7 +86,7 @@ def _run(model: str, data: str, val_data: str | None, method: str, teacher_path:
     val_source = val_data or (data if data.startswith("synthetic:") else None)
     val = load_detection_data(val_source, "val", val_images, input_size, data_seed) if val_source else None
     num_classes = len(train_data.class_names)
-    spec, student = _build_student(model, num_classes)
+    spec, student = _build_student(model, num_classes, seed)
     teacher = None
     if method != "none":
         if teacher_path is None:

@@ -47,6 +47,7 @@ def train_synthetic_classifier(model_name: str = "tinyvim-s", *, per_class: int 
     from tinyvim_deploy.preprocess import preprocess
     from tinyvim_deploy.training.synthetic import CLASSES, make_dataset
 
+    torch.manual_seed(seed)  # the initialisation too: without it two runs of one seed train different models
     model = create_model(model_name, num_classes=len(CLASSES))
     spec = model.spec
     images, labels = make_dataset(per_class, size=size, seed=seed)
