@@ -88,16 +88,12 @@ FREE_GROUPS = {
 }
 
 
-def with_free_ops(path, x: np.ndarray, op_types: set[str]) -> tuple[bytes, dict[str, np.ndarray]]:
+def with_free_ops(model: onnx.ModelProto, values: dict[str, np.ndarray], x: np.ndarray,
+                  op_types: set[str]) -> tuple[bytes, dict[str, np.ndarray]]:
     """The graph with every top-level node of ``op_types`` cut out and its output made a graph input
     (fed the value it had), so the rest of the graph does exactly the work it did before."""
-    model = onnx.load(str(path))
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # a copy: the caller's stays whole
     cut = [n for n in model.graph.node if n.op_type in op_types]
-    probe = onnx.load(str(path))
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n.output[0]) for n in cut)
-    session = ort_session(probe.SerializeToString())
-    names = [o.name for o in session.get_outputs()]
-    values = dict(zip(names, session.run(None, {"image": x})))
     feeds = {"image": x}
     for node in cut:
         value = values[node.output[0]]
@@ -111,13 +107,25 @@ def with_free_ops(path, x: np.ndarray, op_types: set[str]) -> tuple[bytes, dict[
     return model.SerializeToString(), feeds
 
 
+def node_outputs(model: onnx.ModelProto, x: np.ndarray, op_types: set[str]) -> dict[str, np.ndarray]:
+    """The values of the first output of every top-level node of ``op_types``, from one run."""
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n.output[0])
+                              for n in model.graph.node if n.op_type in op_types)
+    session = ort_session(probe.SerializeToString())
+    return dict(zip((o.name for o in session.get_outputs()), session.run(None, {"image": x})))
+
+
 def ceiling_table(fp32, x: np.ndarray, threads: int, runs: int) -> None:
+    model = onnx.load(str(fp32))
+    values = node_outputs(model, x, set().union(*FREE_GROUPS.values()))
     base = ort_session(str(fp32), threads)
+    reference = base.run(None, {"image": x})[0]
     fns = {"fp32": lambda: base.run(None, {"image": x})}
     for label, ops in FREE_GROUPS.items():
-        graph, feeds = with_free_ops(fp32, x, ops)
+        graph, feeds = with_free_ops(model, values, x, ops)
         session = ort_session(graph, threads)
-        assert np.allclose(session.run(None, feeds)[0], base.run(None, {"image": x})[0], atol=1e-4)
+        assert np.allclose(session.run(None, feeds)[0], reference, atol=1e-4)
         fns[label] = lambda s=session, f=feeds: s.run(None, f)
     medians = interleaved_medians(fns, runs=runs, warmup=10)
     print("\nCeiling: FP32 with these ops free (their outputs fed precomputed; same interleaved run):")
