@@ -444,7 +444,7 @@ def compare_detector_outputs(run: Callable[[np.ndarray], list[np.ndarray]], refe
         raw_detection_checks,
         top_detection_check,
     )
-    from tinyvim_deploy.models.detection import Detections
+    from tinyvim_deploy.tasks.nms import Detections
 
     atol = RTOL[precision]  # boxes / side and scores both lie in [0, 1]
     checks: list[Check] = []

@@ -1,34 +1,36 @@
-"""Deployable TinyViM detectors (``tinyvim-s-det`` student, ``tinyvim-b-det`` teacher) and a reference NMS.
+"""Deployable TinyViM detectors (``tinyvim-s-det`` student, ``tinyvim-b-det`` teacher).
 
-Written from ``shared/specs/drkd.md`` §7.2–§7.3 (section numbers below refer to it):
+The network: TinyViM dense backbone, stages 2–4 (strides 8/16/32) -> FPN P3–P5 (1×1 laterals, nearest
+top-down sums, 3×3 Conv-BN-ReLU outputs) -> FCOS-style point head (separate cls/reg towers of 3×3
+Conv-BN-ReLU, convs shared across levels, BN per level, learnable per-level box scale, centerness on the
+reg tower) -> decode inside the graph: ``boxes [B,N,4]`` x1y1x2y2 in input pixels and
+``scores [B,N,C] = sqrt(sigmoid(cls) · sigmoid(ctr))``.
 
-- the network (§7.2): TinyViM dense backbone, stages 2–4 (strides 8/16/32) -> FPN P3–P5 (1×1 laterals,
-  nearest top-down sums, 3×3 Conv-BN-ReLU outputs) -> FCOS-style point head (separate cls/reg towers of
-  3×3 Conv-BN-ReLU, convs shared across levels, BN per level, learnable per-level box scale, centerness on
-  the reg tower) -> decode inside the graph: ``boxes [B,N,4]`` x1y1x2y2 in input pixels and
-  ``scores [B,N,C] = sqrt(sigmoid(cls) · sigmoid(ctr))``;
-- training-only parts (§7.2): ATSS assignment and the focal / GIoU / centerness-BCE losses;
-- the PyTorch NMS reference (§7.3): class-aware, suppression when IoU is *strictly greater* than the
-  threshold (ONNX semantics), order by score then index, and the fixed-K output contract
-  ``num_dets [B,1] int32, boxes [B,K,4] float32, scores [B,K] float32, classes [B,K] int32``.
+The network ends at (boxes, scores). Around it, elsewhere:
 
-No torchvision (§7.3: the reachable wheels are CUDA builds). The network itself ends at (boxes, scores):
-the per-backend NMS (ONNX ``NonMaxSuppression``, ``EfficientNMS_TRT``, CoreML) is attached at export;
-:class:`DetectorWithNMS` is the PyTorch reference those are compared against.
+- the reference NMS and the fixed-K output contract: :mod:`tinyvim_deploy.tasks.nms`
+  (:class:`DetectorWithNMS` below wraps a detector with it);
+- the per-backend NMS attached at export (ONNX ``NonMaxSuppression``, ``EfficientNMS_TRT``, Core ML):
+  :mod:`tinyvim_deploy.export.nms`;
+- the training losses (ATSS assignment, focal / GIoU / centerness-BCE): :mod:`tinyvim_deploy.training.losses`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tinyvim_deploy.models.registry import LABEL_SETS, ModelSpec, register_model
+from tinyvim_deploy.models.registry import SHAPESDET_CLASSES, ModelSpec, register_model
+from tinyvim_deploy.tasks.nms import Detections, multiclass_nms
+
+# isort: split
+# Moved to tinyvim_deploy.tasks.nms; re-exported (with the two above) until every caller imports them from there.
+from tinyvim_deploy.tasks.nms import box_iou, nms  # noqa: F401
 
 __all__ = [
     "DETECTOR_CONFIGS",
@@ -36,26 +38,16 @@ __all__ = [
     "DetectorConfig",
     "DetectionFPN",
     "FCOSHead",
-    "Detections",
     "TinyViMDetector",
     "DetectorWithNMS",
     "make_points",
+    "flatten_levels",
     "decode",
-    "box_iou",
-    "nms",
-    "multiclass_nms",
-    "atss_assign",
-    "detection_loss",
 ]
 
 # --------------------------------------------------------------------------------------------------
-# Configurations (§7.2)
+# Configurations
 # --------------------------------------------------------------------------------------------------
-
-# §7.5's synthetic set, the only data the spec trains these detectors on; the class count is a constructor argument.
-SHAPESDET_CLASSES = ("disk", "ring", "square", "triangle", "cross", "diamond")
-LABEL_SETS.setdefault("shapesdet", lambda: SHAPESDET_CLASSES)  # the synthetic set the detectors train on
-
 
 @dataclasses.dataclass(frozen=True)
 class DetectorConfig:
@@ -63,7 +55,7 @@ class DetectorConfig:
     channels: int  # FPN width C, also the tower width
     tower_depth: int  # Conv-BN-ReLU layers per tower
     num_classes: int = len(SHAPESDET_CLASSES)
-    extra_p6: bool = False  # §7.2: a stride-2 P6 only when inputs above 512 are targeted
+    extra_p6: bool = False  # a stride-2 P6, worth it only for inputs above 512
     prior_prob: float = 0.01  # focal-loss bias init of the classifier (FCOS/RetinaNet)
 
     @property
@@ -77,7 +69,7 @@ DETECTOR_CONFIGS = {
 }
 
 # --------------------------------------------------------------------------------------------------
-# Network (§7.2)
+# Network
 # --------------------------------------------------------------------------------------------------
 
 
@@ -126,7 +118,7 @@ class Scale(nn.Module):
 
 
 class Tower(nn.Module):
-    """``depth`` 3×3 convs shared by all levels, each followed by the *level's own* BN and a ReLU (§7.2).
+    """``depth`` 3×3 convs shared by all levels, each followed by the *level's own* BN and a ReLU.
 
     Per-level BN keeps the per-level statistics apart (P3 and P5 activations differ a lot) at the cost of a few
     hundred parameters; at export each level's BN folds into its own copy of the shared conv.
@@ -205,7 +197,7 @@ def decode(points: Tensor, distances: Tensor, cls_logits: Tensor, ctr_logits: Te
     """points [N,2], distances [B,N,4] (l,t,r,b), cls [B,N,C], ctr [B,N,1] -> boxes [B,N,4], scores [B,N,C].
 
     Boxes are not clipped: with a letterbox the valid region is smaller than the input anyway, so the Predictor
-    clips after un-letterboxing. Score = sqrt(sigmoid(cls)·sigmoid(ctr)) (§7.2) keeps it a probability-like value
+    clips after un-letterboxing. Score = sqrt(sigmoid(cls)·sigmoid(ctr)) keeps it a probability-like value
     on the classifier's scale, so one score threshold serves all backends.
     """
     xy = points.unsqueeze(0)
@@ -217,7 +209,7 @@ def decode(points: Tensor, distances: Tensor, cls_logits: Tensor, ctr_logits: Te
 class TinyViMDetector(nn.Module):
     """image [B,3,H,W] -> (boxes [B,N,4] x1y1x2y2 input pixels, scores [B,N,C]); H, W multiples of 32.
 
-    N = Σ (H/s)(W/s) over the strides (2100 at 320²). ``features`` (the FPN maps, DRKD's hook, §1) and
+    N = Σ (H/s)(W/s) over the strides (2100 at 320²). ``features`` (the FPN maps DRKD distils) and
     ``forward_raw`` (per-level head outputs, for the losses) are the training entry points.
     """
 
@@ -233,7 +225,7 @@ class TinyViMDetector(nn.Module):
         self.head = FCOSHead(config.channels, config.num_classes, config.tower_depth, self.strides, config.prior_prob)
 
     def features(self, x: Tensor) -> list[Tensor]:
-        return self.neck(self.backbone(x)[1:])  # stage 1 (stride 4) is not used (§7.2)
+        return self.neck(self.backbone(x)[1:])  # stage 1 (stride 4) is not used: P3–P5 start at stride 8
 
     def forward_raw(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         return self.head(self.features(x))
@@ -245,110 +237,8 @@ class TinyViMDetector(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# NMS reference and the fixed-K contract (§7.3)
+# The PyTorch reference with NMS (what the exported NMS backends are compared against)
 # --------------------------------------------------------------------------------------------------
-
-
-class Detections(NamedTuple):
-    """§7.3's contract. Only the first ``num_dets[b]`` rows of image b are detections; the rest is padding
-    (zeros, class −1 here; other backends pad differently, so consumers must read ``num_dets``)."""
-
-    num_dets: Tensor  # [B, 1] int32
-    boxes: Tensor  # [B, K, 4] float32, x1y1x2y2 in network-input pixels
-    scores: Tensor  # [B, K] float32, descending
-    classes: Tensor  # [B, K] int32
-
-
-def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """[n,4] × [m,4] x1y1x2y2 -> [n,m] IoU; 0 where the union is empty (ORT's rule for degenerate boxes)."""
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    wh = (torch.minimum(a[:, None, 2:], b[None, :, 2:]) - torch.maximum(a[:, None, :2], b[None, :, :2])).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area_a[:, None] + area_b[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
-
-
-def _score_order(scores: Tensor) -> Tensor:
-    """Indices by score descending, ties by index ascending (stable sort)."""
-    return torch.sort(scores, descending=True, stable=True).indices
-
-
-def _greedy_nms_sorted(boxes: Tensor, iou_threshold: float) -> Tensor:
-    """Keep mask of greedy NMS on boxes already in priority order, with matrices instead of a box-by-box loop.
-
-    keep[i] = no kept j < i has IoU(j, i) > threshold. That system is triangular, so iterating
-    keep ← f(keep) from all-True fixes one more leading element per pass and its fixed point is the unique greedy
-    answer; it converges after (longest suppression chain + 1) passes, usually a handful, never more than n + 1.
-    """
-    n = boxes.shape[0]
-    suppresses = (box_iou(boxes, boxes) > iou_threshold).triu(diagonal=1)  # [j, i]: j outranks i and overlaps it
-    keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
-    for _ in range(n + 1):
-        new = ~(suppresses & keep[:, None]).any(dim=0)
-        if torch.equal(new, keep):
-            break
-        keep = new
-    return keep
-
-
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, classes: Tensor | None = None) -> Tensor:
-    """Indices of the kept boxes, by score descending then index ascending (torchvision ``batched_nms`` order).
-
-    Class-aware when ``classes`` is given: each class is suppressed on its own (no coordinate-offset trick, whose
-    float rounding could move an IoU across the threshold), so boxes of different classes never suppress each other.
-    """
-    if boxes.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    groups = [torch.arange(boxes.shape[0], device=boxes.device)] if classes is None else [
-        torch.nonzero(classes == c).squeeze(1) for c in torch.unique(classes)
-    ]
-    kept = []
-    for idx in groups:
-        idx = idx[_score_order(scores[idx])]
-        kept.append(idx[_greedy_nms_sorted(boxes[idx], iou_threshold)])
-    keep = torch.cat(kept)
-    keep = keep.sort().values  # index order first, so the stable score sort breaks ties by index
-    return keep[_score_order(scores[keep])]
-
-
-def multiclass_nms(
-    boxes: Tensor,
-    scores: Tensor,
-    score_threshold: float = 0.05,
-    iou_threshold: float = 0.6,
-    max_det: int = 100,
-    pre_nms_topk: int = 1000,
-) -> Detections:
-    """boxes [B,N,4], scores [B,N,C] -> the fixed-K contract (§7.3), K = ``max_det``.
-
-    Same steps as the ONNX subgraph §7.3 plans, so the backends can be checked against it:
-    1. keep the ``min(pre_nms_topk, N)`` boxes with the highest max-over-classes score (a constant K, clamped);
-    2. every (box, class) pair with score *strictly above* ``score_threshold`` is a candidate (one box may be
-       kept for several classes, as in ONNX NonMaxSuppression / EfficientNMS_TRT);
-    3. class-aware NMS, IoU strictly greater than ``iou_threshold`` suppresses;
-    4. the ``max_det`` best survivors by score; ties by flat index class·N + box ("scatter then TopK");
-    5. pad to K (boxes 0, scores 0, classes −1).
-    """
-    batch, n, num_classes = scores.shape
-    k_pre = min(pre_nms_topk, n)
-    out_boxes = boxes.new_zeros(batch, max_det, 4, dtype=torch.float32)
-    out_scores = scores.new_zeros(batch, max_det, dtype=torch.float32)
-    out_classes = torch.full((batch, max_det), -1, dtype=torch.int32, device=scores.device)
-    num_dets = torch.zeros(batch, 1, dtype=torch.int32, device=scores.device)
-    for b in range(batch):  # reference path: a per-image loop is fine here (the exported graphs batch it)
-        top = _score_order(scores[b].max(dim=1).values)[:k_pre].sort().values  # box-index order for tie-breaks
-        cand_scores = scores[b, top].t()  # [C, k_pre]: class-major, so flat index = class·k_pre + position
-        cls_idx, pos = torch.nonzero(cand_scores > score_threshold, as_tuple=True)
-        flat_scores = cand_scores[cls_idx, pos]
-        cand_boxes = boxes[b, top[pos]]
-        keep = nms(cand_boxes, flat_scores, iou_threshold, cls_idx)[:max_det]
-        count = keep.numel()
-        num_dets[b, 0] = count
-        out_boxes[b, :count] = cand_boxes[keep].float()
-        out_scores[b, :count] = flat_scores[keep].float()
-        out_classes[b, :count] = cls_idx[keep].to(torch.int32)
-    return Detections(num_dets, out_boxes, out_scores, out_classes)
 
 
 class DetectorWithNMS(nn.Module):
@@ -367,112 +257,10 @@ class DetectorWithNMS(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# Training only: ATSS assignment and losses (§7.2)
+# Registered detectors
 # --------------------------------------------------------------------------------------------------
 
-
-@torch.no_grad()
-def atss_assign(points: Tensor, level_sizes: Sequence[int], strides: Sequence[int], gt_boxes: Tensor,
-                topk: int = 9, anchor_scale: float = 8.0) -> Tensor:
-    """ATSS (Zhang et al. 2020) for one image: index of the assigned GT per point, −1 for background.
-
-    Each point carries one square "anchor" of side ``anchor_scale``·stride. Per GT: the ``topk`` points per level
-    nearest to its centre are candidates; positives are candidates with IoU ≥ mean + std (unbiased, as mmdet) of the
-    candidates' IoUs whose point lies inside the box (margin 0.01 px); a point claimed by several GTs takes the one
-    with the highest IoU.
-    """
-    n, m = points.shape[0], gt_boxes.shape[0]
-    assigned = torch.full((n,), -1, dtype=torch.long, device=points.device)
-    if m == 0:
-        return assigned
-    half = torch.cat([points.new_full((size, 1), anchor_scale * s / 2) for size, s in zip(level_sizes, strides)])
-    ious = box_iou(torch.cat((points - half, points + half), dim=1), gt_boxes)  # [N, M]
-    gt_centres = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
-    dist = torch.cdist(points, gt_centres)  # [N, M]
-    candidates, start = [], 0
-    for size in level_sizes:
-        k = min(topk, size)
-        candidates.append(dist[start:start + size].topk(k, dim=0, largest=False).indices + start)
-        start += size
-    cand = torch.cat(candidates)  # [K, M]
-    cand_ious = ious.gather(0, cand)
-    std = cand_ious.std(dim=0) if cand.shape[0] > 1 else torch.zeros_like(cand_ious[0])
-    is_pos = cand_ious >= cand_ious.mean(dim=0) + std
-    xy = points[cand]  # [K, M, 2]
-    inside = torch.cat((xy - gt_boxes[None, :, :2], gt_boxes[None, :, 2:] - xy), dim=-1).amin(dim=-1) > 0.01
-    overlaps = torch.full_like(ious, -1.0)
-    cols = torch.arange(m, device=points.device).expand_as(cand)
-    keep = is_pos & inside
-    overlaps[cand[keep], cols[keep]] = cand_ious[keep]
-    best, arg = overlaps.max(dim=1)
-    return torch.where(best >= 0, arg, assigned)
-
-
-def _giou_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """1 − GIoU of aligned [n,4] x1y1x2y2 pairs."""
-    lt, rb = torch.maximum(pred[:, :2], target[:, :2]), torch.minimum(pred[:, 2:], target[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=1)
-    area_p, area_t = (pred[:, 2:] - pred[:, :2]).clamp(min=0).prod(1), (target[:, 2:] - target[:, :2]).prod(1)
-    union = (area_p + area_t - inter).clamp(min=1e-6)
-    hull = (torch.maximum(pred[:, 2:], target[:, 2:]) - torch.minimum(pred[:, :2], target[:, :2])).prod(1).clamp(min=1e-6)
-    return 1 - (inter / union - (hull - union) / hull)
-
-
-def detection_loss(cls_maps: Sequence[Tensor], box_maps: Sequence[Tensor], ctr_maps: Sequence[Tensor],
-                   strides: Sequence[int], gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor],
-                   alpha: float = 0.25, gamma: float = 2.0, giou_weight: float = 2.0,
-                   reduce_mean: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
-    """ATSS losses on :meth:`TinyViMDetector.forward_raw` outputs; GT boxes in input pixels, one tensor per image.
-
-    mmdet ATSS weighting: focal loss (α 0.25, γ 2) summed over all points and classes / #positives; GIoU (weight 2)
-    on positives weighted by their centerness target / Σ targets; centerness BCE / #positives.
-    ``reduce_mean`` averages those two normalisers over data-parallel processes (mmdet's ``reduce_mean``), so
-    W processes with averaged gradients train exactly like one process with their whole batch.
-    """
-    reduce_mean = reduce_mean or (lambda t: t)
-    cls, dist, ctr = flatten_levels(cls_maps), flatten_levels(box_maps), flatten_levels(ctr_maps).squeeze(-1)
-    sizes = [m.shape[-2] * m.shape[-1] for m in cls_maps]
-    points = make_points([tuple(m.shape[-2:]) for m in cls_maps], strides, dist)
-    cls_target = torch.zeros_like(cls)
-    pos_img, pos_pt, pos_box = [], [], []
-    for b, (boxes, labels) in enumerate(zip(gt_boxes, gt_labels)):
-        assigned = atss_assign(points, sizes, strides, boxes)
-        idx = torch.nonzero(assigned >= 0).squeeze(1)
-        cls_target[b, idx, labels[assigned[idx]]] = 1.0
-        pos_img.append(torch.full_like(idx, b))
-        pos_pt.append(idx)
-        pos_box.append(boxes[assigned[idx]])
-    pos_img, pos_pt, pos_box = torch.cat(pos_img), torch.cat(pos_pt), torch.cat(pos_box)
-    num_pos = reduce_mean(pos_pt.new_tensor(float(pos_pt.numel()), dtype=cls.dtype)).clamp(min=1.0)
-    loss_cls = _sigmoid_focal(cls, cls_target, alpha, gamma).sum() / num_pos
-    if pos_pt.numel() == 0:  # keep the graph connected so every head parameter still gets a (zero) gradient
-        zero = dist.sum() * 0 + ctr.sum() * 0
-        reduce_mean(zero.detach())  # every process joins the same collectives, positives or not
-        return {"cls": loss_cls, "box": zero, "centerness": zero}
-    xy = points[pos_pt]
-    ltrb = torch.cat((xy - pos_box[:, :2], pos_box[:, 2:] - xy), dim=1)
-    lr, tb = ltrb[:, 0::2], ltrb[:, 1::2]
-    ctr_target = torch.sqrt((lr.amin(1) / lr.amax(1)) * (tb.amin(1) / tb.amax(1)))
-    d = dist[pos_img, pos_pt]
-    pred_boxes = torch.cat((xy - d[:, :2], xy + d[:, 2:]), dim=1)
-    ctr_norm = reduce_mean(ctr_target.sum().detach()).clamp(min=1e-6)
-    loss_box = giou_weight * (_giou_loss(pred_boxes, pos_box) * ctr_target).sum() / ctr_norm
-    loss_ctr = F.binary_cross_entropy_with_logits(ctr[pos_img, pos_pt], ctr_target, reduction="sum") / num_pos
-    return {"cls": loss_cls, "box": loss_box, "centerness": loss_ctr}
-
-
-def _sigmoid_focal(logits: Tensor, target: Tensor, alpha: float, gamma: float) -> Tensor:
-    p = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    p_t = p * target + (1 - p) * (1 - target)
-    return (alpha * target + (1 - alpha) * (1 - target)) * (1 - p_t) ** gamma * ce
-
-
-# --------------------------------------------------------------------------------------------------
-# Registered detectors (§7.2)
-# --------------------------------------------------------------------------------------------------
-
-DET_INPUT = 320  # §7.2: deploy default 320×320, letterbox (keep ratio, pad), ImageNet mean/std
+DET_INPUT = 320  # deploy default 320×320, letterbox (keep ratio, pad), ImageNet mean/std
 
 _TINYVIM = "Ma et al., TinyViM: Frequency Decoupling for Tiny Hybrid Vision Mamba, ICCV 2025"
 _ATSS = "Zhang et al., Bridging the Gap Between Anchor-based and Anchor-free Detection via ATSS, CVPR 2020"

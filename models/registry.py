@@ -36,9 +36,14 @@ def ade20k() -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
     return tuple(n.strip() for n in data["classes"]), tuple(tuple(c) for c in data["palette_rgb"])
 
 
+# The synthetic ShapesDet set (training/shapesdet.py), the only data the detectors are trained on.
+SHAPESDET_CLASSES = ("disk", "ring", "square", "triangle", "cross", "diamond")
+
+# Every shipped label set, by the name a ModelSpec's ``labels`` gives; each loads its names on first use.
 LABEL_SETS: dict[str, Callable[[], tuple[str, ...]]] = {
     "imagenet": imagenet_class_names,
     "ade20k": lambda: ade20k()[0],
+    "shapesdet": lambda: SHAPESDET_CLASSES,
 }
 
 

@@ -7,17 +7,10 @@ import math
 import pytest
 import torch
 
-from tinyvim_deploy.models.detection import (
-    DETECTOR_CONFIGS,
-    TinyViMDetector,
-    box_iou,
-    decode,
-    detection_loss,
-    make_points,
-    multiclass_nms,
-    nms,
-)
+from tinyvim_deploy.models.detection import DETECTOR_CONFIGS, TinyViMDetector, decode, make_points
 from tinyvim_deploy.models.registry import get_constructor, get_spec
+from tinyvim_deploy.tasks.nms import box_iou, multiclass_nms, nms
+from tinyvim_deploy.training.losses import detection_loss
 
 SIZE = 320
 N_POINTS = sum((SIZE // s) ** 2 for s in (8, 16, 32))  # 1600 + 400 + 100

@@ -1,4 +1,4 @@
-"""NMS appended to exported detectors (export/nms.py): ONNX subgraph vs the PyTorch reference in ORT,
+"""NMS appended to exported detectors (export/nms/): ONNX subgraph vs the PyTorch reference in ORT,
 the EfficientNMS_TRT graph's structure, and the Core ML pipeline's spec."""
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from tinyvim_deploy.export.nms import (
     cut_before_nms,
     structural_check_efficient_nms,
 )
-from tinyvim_deploy.models.detection import DetectorWithNMS, multiclass_nms
+from tinyvim_deploy.models.detection import DetectorWithNMS
+from tinyvim_deploy.tasks.nms import multiclass_nms
 
 
 def passthrough_model(n: int, c: int, batch: int | str = "B", opset: int = 17) -> onnx.ModelProto:

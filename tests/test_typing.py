@@ -23,6 +23,9 @@ def package_layout(dest: Path) -> Path:
         target.mkdir(parents=True, exist_ok=True)
         for file in (ROOT / folder).glob("*.py"):
             (target / file.name).symlink_to(file)
+        for sub in (ROOT / folder).iterdir():  # sub-packages inside a folder (export/nms/, tinyvim_deploy/tasks/)
+            if (sub / "__init__.py").is_file():
+                (target / sub.name).symlink_to(sub, target_is_directory=True)
     return dest
 
 

@@ -31,8 +31,9 @@ from torch import Tensor, nn
 
 from tinyvim_deploy.errors import CheckpointError, DatasetError
 from tinyvim_deploy.fileio import atomic_output
-from tinyvim_deploy.models.detection import TinyViMDetector, detection_loss
+from tinyvim_deploy.models.detection import TinyViMDetector
 from tinyvim_deploy.training.drkd import DRKDConfig, DRKDHelpers
+from tinyvim_deploy.training.losses import detection_loss
 
 METHODS = ("none", "fitnet", "drkd")
 CHECKPOINT_FORMAT = "tinyvim-deploy/detector-train-v1"
