@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +52,50 @@ def seed7_model():
     return tv.create_model("tinyvim-s", weights=TRAIN_LAYOUT)
 
 
-def tvdeploy(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    """Run the CLI in a fresh process, as a user would (wide output, no warnings)."""
-    code = "from tinyvim_deploy.cli import main; main()"
-    env = {"COLUMNS": "200", "PATH": "", "PYTHONWARNINGS": "ignore", "TVD_SHARED": str(SHARED)}
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=600,
-                          env=env, cwd=cwd)
+def tvdeploy(*args, cwd=None) -> subprocess.CompletedProcess:
+    """Run the CLI in this process, as a user would from a shell: wide output, warnings silenced.
+
+    Returns what a subprocess would (``returncode``, ``stdout``, ``stderr``) without paying for a new
+    interpreter and a torch import per call; tests/test_cli.py keeps one real subprocess smoke test.
+    """
+    from tinyvim_deploy.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    # Wide plain tables, as a pipe gets them: no colour forced by the CI's environment.
+    env = {"COLUMNS": "200", "TVD_SHARED": str(SHARED), "FORCE_COLOR": None, "TTY_COMPATIBLE": None}
+    saved_env = {key: os.environ.get(key) for key in env}
+    saved_cwd, saved_threads = os.getcwd(), torch.get_num_threads()
+    _set_env(env)
+    returncode = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                main([str(a) for a in args])
+            except SystemExit as e:  # as the interpreter would turn it into an exit status
+                if isinstance(e.code, int) or e.code is None:
+                    returncode = e.code or 0
+                else:
+                    print(e.code, file=sys.stderr)
+                    returncode = 1
+            except Exception:  # a crash: a traceback and status 1, as from a real process
+                traceback.print_exc()
+                returncode = 1
+    finally:
+        os.chdir(saved_cwd)
+        torch.set_num_threads(saved_threads)  # --threads must not leak into the next test
+        _set_env(saved_env)
+    return subprocess.CompletedProcess(["tvdeploy", *map(str, args)], returncode, out.getvalue(), err.getvalue())
+
+
+def _set_env(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -109,7 +109,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
 
 def test_seed_fixes_the_student_initialisation():
     """`tvdeploy train/distill --seed` promises the initialisation: same seed, same student."""
-    from tinyvim_deploy.train_commands import _build_student
+    from tinyvim_deploy.cli.train import _build_student
 
     first, again, other = (_build_student("tinyvim-s-det", 3, seed)[1].state_dict() for seed in (5, 5, 6))
     assert all(torch.equal(first[k], again[k]) for k in first)

@@ -1,15 +1,20 @@
-"""tinyvim-deploy: TinyViM and its family from PyTorch to ONNX Runtime, TensorRT and CoreML, exactly.
+"""tinyvim-deploy: TinyViM and its family from PyTorch to ONNX Runtime, TensorRT and Core ML, exactly.
 
-Public API: :func:`list_models`, :func:`create_model`, :func:`reparameterize`, :func:`get_spec`
-and the exception hierarchy in :mod:`tinyvim_deploy.errors`. Heavy runtimes (TensorRT, coremltools,
-OpenVINO) are never imported here; each backend imports its own library when it is used.
+Public API: :func:`list_models`, :func:`create_model`, :func:`reparameterize`, :func:`get_spec`, the
+:class:`Predictor` and its result classes, and the exception hierarchy in :mod:`tinyvim_deploy.errors`.
+
+``import tinyvim_deploy`` is light: everything but the version and the errors is imported on first use
+(PEP 562), so the command line's ``--version`` and ``--help`` never pay for torch. Heavy runtimes
+(TensorRT, coremltools) are imported only by the backend that uses them.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from tinyvim_deploy.errors import (  # noqa: E402
+from tinyvim_deploy.errors import (  # noqa: E402  (the errors import nothing: cheap to load eagerly)
     ArtifactError,
     BackendUnavailableError,
     CalibrationError,
@@ -23,30 +28,39 @@ from tinyvim_deploy.errors import (  # noqa: E402
     UnknownModelError,
     ValidationError,
 )
-from tinyvim_deploy.models import (  # noqa: E402
-    ModelSpec,
-    create_model,
-    get_spec,
-    list_models,
-    reparameterize,
-)
+
+if TYPE_CHECKING:  # what the lazy attributes are, for type checkers and IDEs
+    from tinyvim_deploy.detection import DetectionResult
+    from tinyvim_deploy.models import ModelSpec, create_model, get_spec, list_models, reparameterize
+    from tinyvim_deploy.predictor import ClassificationResult, Predictor
+    from tinyvim_deploy.segmentation import SegmentationResult
+
+# Public name -> the module that defines it, imported on first access.
+_LAZY = {
+    "ModelSpec": "tinyvim_deploy.models",
+    "create_model": "tinyvim_deploy.models",
+    "get_spec": "tinyvim_deploy.models",
+    "list_models": "tinyvim_deploy.models",
+    "reparameterize": "tinyvim_deploy.models",
+    "Predictor": "tinyvim_deploy.predictor",
+    "ClassificationResult": "tinyvim_deploy.predictor",
+    "SegmentationResult": "tinyvim_deploy.segmentation",
+    "DetectionResult": "tinyvim_deploy.detection",
+}
 
 
 def __getattr__(name: str):
-    # Predictor pulls in OpenCV and the runtimes: import it on first use only.
-    if name in ("Predictor", "ClassificationResult"):
-        from tinyvim_deploy import predictor
+    if name in _LAZY:
+        import importlib
 
-        return getattr(predictor, name)
-    if name == "SegmentationResult":
-        from tinyvim_deploy import segmentation
-
-        return segmentation.SegmentationResult
-    if name == "DetectionResult":
-        from tinyvim_deploy import detection
-
-        return detection.DetectionResult
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'tinyvim_deploy' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""``tvdeploy train`` and ``tvdeploy distill``: detectors on a COCO folder or the synthetic ShapesDet set.
+"""``tvdeploy train`` and ``tvdeploy distill`` (one command, two names): detectors on a COCO folder or the
+synthetic ShapesDet set.
 
 Both write into ``--output`` (default ``runs/<student>-<method>``): ``last.ckpt`` during training (atomic, the
 resume point; its ``model`` entry is the plain detector, so export can load it too) and ``<model>.pth`` at the
@@ -9,30 +10,20 @@ data-parallel (DDP); only rank 0 writes and prints.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from pathlib import Path
 
 import typer
 
-from tinyvim_deploy.cli import app, console
+from tinyvim_deploy.cli.console import console, progress_bar
+from tinyvim_deploy.cli.datasets import SYNTHETIC, load_detection_data
 from tinyvim_deploy.errors import ArtifactError, DatasetError
 
-SYNTHETIC = "synthetic:shapesdet"
 
-
-def load_detection_data(source: str, split: str, images: int, size: int, seed: int):
-    """``synthetic:shapesdet[:iid|context]`` (seeded, disjoint splits) or a COCO folder (json + images)."""
-    from tinyvim_deploy.training.shapesdet import make_detection_dataset, read_coco_folder
-
-    if source.startswith(SYNTHETIC):
-        mode = source[len(SYNTHETIC):].lstrip(":") or "iid"
-        if mode not in ("iid", "context"):
-            raise DatasetError(f"Unknown ShapesDet mode {mode!r}: use {SYNTHETIC}:iid or {SYNTHETIC}:context.")
-        return make_detection_dataset(images, size=size, seed=seed, mode=mode, split=split)
-    if source.startswith("synthetic:"):
-        raise DatasetError(f"Unknown synthetic set {source!r}: the detection one is {SYNTHETIC}.")
-    if not Path(source).is_dir():
-        raise DatasetError(f"Data folder not found: {source}")
-    return read_coco_folder(source)
+class TrainMethod(str, enum.Enum):
+    none = "none"  # no distillation
+    fitnet = "fitnet"  # plain FPN mimicry
+    drkd = "drkd"  # relation distillation
 
 
 def _build_student(name: str, num_classes: int, seed: int):
@@ -71,7 +62,6 @@ def _run(model: str, data: str, val_data: str | None, method: str, teacher_path:
          resume: bool, device: str, checkpoint_every: int) -> None:
     import torch
 
-    from tinyvim_deploy.commands import _progress
     from tinyvim_deploy.fileio import atomic_output
     from tinyvim_deploy.training.detect import (
         DetectionTrainConfig,
@@ -112,7 +102,7 @@ def _run(model: str, data: str, val_data: str | None, method: str, teacher_path:
         what = f"{model} ({method}{f', teacher {teacher_model}' if teacher is not None else ''})"
         console.print(f"training {what} on {len(samples)} images of {data} at {input_size}², "
                       f"{epochs} epochs, batch {batch}{f' over {world} processes' if world > 1 else ''}")
-    with _progress() as progress:
+    with progress_bar() as progress:
         tick = progress(model, "training") if rank == 0 else None
         result = train_detector(student, samples, config, teacher=teacher, checkpoint=checkpoint, resume=resume,
                                 device=device, model_name=model,
@@ -145,8 +135,9 @@ def train_cmd(
                                      help="The detector to train (default: tinyvim-b-det for train, the teacher; "
                                           "tinyvim-s-det for distill, the student)."),
     teacher: Path | None = typer.Option(None, "--teacher", help="distill: the trained teacher's weights."),
-    method: str | None = typer.Option(None, "--method", help="drkd (relations, §2-§3; distill's default), fitnet "
-                                                             "(plain FPN mimicry) or none (no distillation)."),
+    method: TrainMethod | None = typer.Option(None, "--method", case_sensitive=False,
+                                              help="drkd: relation distillation (distill's default); fitnet: plain "
+                                                   "FPN mimicry; none: no distillation (train's default)."),
     teacher_model: str | None = typer.Option(None, "--teacher-model",
                                              help="The teacher's model name (default: read from its file)."),
     kd_weights: str | None = typer.Option(None, "--kd-weights",
@@ -168,17 +159,8 @@ def train_cmd(
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Steps between checkpoints (0: per epoch)."),
 ) -> None:
     """Train a detector: from scratch (`train`), or distilled from a frozen teacher (`distill --teacher T.pth`)."""
-    from tinyvim_deploy.training.detect import METHODS
-
     distilling = teacher is not None
-    method = method or ("drkd" if distilling else "none")
-    if method not in METHODS:
-        raise DatasetError(f"Unknown --method {method!r}: use one of {', '.join(METHODS)}.")
+    chosen = method.value if method else ("drkd" if distilling else "none")
     model = model or ("tinyvim-s-det" if distilling else "tinyvim-b-det")
-    _run(model, data, val_data, method, teacher, teacher_model, images, val_images, input_size, epochs, batch, lr,
+    _run(model, data, val_data, chosen, teacher, teacher_model, images, val_images, input_size, epochs, batch, lr,
          seed, data_seed, kd_weights, freeze_bn, output, resume, device, checkpoint_every)
-
-
-# One command, two names: `train` reads as training from scratch, `distill` as training with a teacher.
-app.command("train")(train_cmd)
-app.command("distill")(train_cmd)
