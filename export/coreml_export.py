@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from tinyvim_deploy.errors import BackendUnavailableError, ExportError
+from tinyvim_deploy.fileio import honour_umask
 
 # Ops that the Neural Engine does not run (Core ML moves them, and often their neighbours, to the
 # CPU). Reported after conversion so that a user knows before profiling in Xcode.
@@ -285,6 +286,7 @@ def _save_package_atomically(mlmodel, path: Path) -> None:
     staged = tmp / path.name
     try:
         mlmodel.save(str(staged))
+        honour_umask(staged)  # coremltools stages some files 0600 and folders 0700
         if path.exists():  # moved into the temporary folder, deleted with it below
             os.replace(path, tmp / "previous")
         os.replace(staged, path)

@@ -9,7 +9,7 @@
   (COCO images are ~640 px; an 8 px object in a 128 px image is "small" as a 40 px one is in COCO), and
   the ranges used are returned and shown in :meth:`CocoMetrics.table`.
 
-pycocotools is imported when an evaluation runs (``pip install pycocotools``), not with this module.
+pycocotools is optional (``pip install "tinyvim-deploy[coco]"``): imported when an evaluation runs, not with this module.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def coco_evaluate(gt: dict, detections: Sequence[dict], image_size: int | None =
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     except ImportError:
-        raise BackendUnavailableError("COCO evaluation needs pycocotools: pip install pycocotools") from None
+        raise BackendUnavailableError('COCO evaluation needs pycocotools: pip install "tinyvim-deploy[coco]"') from None
 
     ranges = area_ranges(image_size)
     gt = _clean_ground_truth(gt)
