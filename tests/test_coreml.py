@@ -97,7 +97,8 @@ def test_predicting_on_linux_is_a_clear_error(packages):
         tv.Predictor(packages["fp16"].path)
 
 
-def test_cli_targets(tmp_path):
+def test_cli_targets(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as where TensorRT is not installed (Jetson/GPU hosts have it)
     r = tvdeploy("export", "--model", "tinyvim-s", "--target", "trt", "-o", tmp_path / "s.engine")
     assert r.returncode == 2 and "TensorRT is not installed" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())

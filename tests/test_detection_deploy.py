@@ -158,11 +158,19 @@ def test_bench_compare_times_a_detector_on_torch_and_onnx(tmp_path):
 def test_eval_reads_a_coco_folder(det_export, tmp_path, capsys):
     from tinyvim_deploy.training.shapesdet import make_detection_dataset, write_coco_folder
 
-    _, _, _, result = det_export
+    _, _, plain, result = det_export
     write_coco_folder(tmp_path / "coco", make_detection_dataset(4, size=96, seed=3, split="test"))
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["eval", str(result.path), "--data", str(tmp_path / "coco"), "--json", str(tmp_path / "m.json")])
     assert exit_info.value.code in (0, None)
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert 0 <= metrics["ap"] <= 1 and metrics["area_ranges"]["small"][1] == pytest.approx((32 * 96 / 640) ** 2)
+    assert metrics["area_ranges"]["small"][1] == pytest.approx((32 * 96 / 640) ** 2)
+    # the same folder through PyTorch + the reference NMS: the COCO reader and evaluator see the same boxes
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["eval", "tinyvim-s-det", "--weights", str(plain), "--input-size", str(SIZE), "--data",
+                  str(tmp_path / "coco"), "--json", str(tmp_path / "t.json")])
+    assert exit_info.value.code in (0, None)
+    reference = json.loads((tmp_path / "t.json").read_text())
+    for key in ("ap", "ap50"):
+        assert abs(metrics[key] - reference[key]) < 1e-3
     assert "on 4 images of" in capsys.readouterr().out

@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 from tests.conftest import PHOTOS, TRAIN_LAYOUT, fixture_array, need_shared
+from tests.micro import registered_micro
 from tinyvim_deploy.errors import ExportError, ValidationError
 from tinyvim_deploy.export.metadata import read_metadata
 from tinyvim_deploy.export.onnx_export import export_onnx
@@ -21,9 +22,22 @@ def _export(tmp_path, name="tinyvim-s", **kw):
     return export_onnx(name, output=tmp_path / f"{name}.onnx", **kw)
 
 
+def tv_create(name):
+    from tinyvim_deploy.models import create_model
+
+    return create_model(name)
+
+
 def _ort(path, x):
     session = ort_session(str(path))
     return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.fixture(scope="module")
+def micro():
+    """tinyvim-micro: the export mechanics below need TinyViM's ops, not TinyViM-S's size."""
+    with registered_micro() as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +89,8 @@ def test_larger_variants_export_and_validate(tmp_path, name):
     assert result.report.passed and result.report.max_abs <= 1e-4
 
 
-def test_dynamic_batch_runs_batch_1_and_3(tmp_path):
-    result = _export(tmp_path, dynamic_batch=True, photos_dir=None)
+def test_dynamic_batch_runs_batch_1_and_3(tmp_path, micro):
+    result = _export(tmp_path, name=micro, dynamic_batch=True, photos_dir=None)
     assert [c.name for c in result.report.checks] == ["random batch 1", "random batch 3"]
     assert _ort(result.path, np.zeros((3, 3, 224, 224), np.float32)).shape == (3, 1000)
 
@@ -104,20 +118,23 @@ def test_inlined_export_has_no_custom_domain(tmp_path):
     assert np.abs(_ort(result.path, fixture_array("input_224.npy")) - fixture_array("logits_224.npy")).max() <= 1e-4
 
 
-def test_export_is_deterministic(tmp_path):
-    need_shared()
-    a = _export(tmp_path / "a", weights=TRAIN_LAYOUT, photos_dir=None, validate=False)
-    b = _export(tmp_path / "b", weights=TRAIN_LAYOUT, photos_dir=None, validate=False)
+def test_export_is_deterministic(tmp_path, micro):
+    import torch
+
+    torch.manual_seed(0)
+    torch.save({"model": tv_create(micro).state_dict()}, tmp_path / "w.pth")  # fixed weights, as a user exports
+    a = _export(tmp_path / "a", name=micro, weights=tmp_path / "w.pth", photos_dir=None, validate=False)
+    b = _export(tmp_path / "b", name=micro, weights=tmp_path / "w.pth", photos_dir=None, validate=False)
     assert a.path.read_bytes() == b.path.read_bytes()
 
 
-def test_failed_validation_leaves_no_file(tmp_path):
+def test_failed_validation_leaves_no_file(tmp_path, micro):
     with pytest.raises(ValidationError, match="nothing was written"):
-        _export(tmp_path, atol=0.0, photos_dir=None)
+        _export(tmp_path, name=micro, atol=0.0, photos_dir=None)
     assert os.listdir(tmp_path) == []
 
 
-def test_interrupted_export_leaves_no_file(tmp_path, monkeypatch):
+def test_interrupted_export_leaves_no_file(tmp_path, monkeypatch, micro):
     import tinyvim_deploy.export.onnx_export as mod
 
     def interrupt(*args, **kwargs):
@@ -125,7 +142,7 @@ def test_interrupted_export_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mod, "validate_onnx", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        _export(tmp_path, photos_dir=None)
+        _export(tmp_path, name=micro, photos_dir=None)
     assert os.listdir(tmp_path) == []
 
 
