@@ -79,3 +79,14 @@ def test_a_labels_file_of_the_wrong_length_is_refused(tmp_path, onnx_path):
     (tmp_path / "labels.txt").write_text("cat\ndog\n")
     with pytest.raises(tv.ArtifactError, match="2 names"):
         tv.Predictor(onnx_path, labels=tmp_path / "labels.txt")
+
+
+def test_result_repr_shows_the_top_classes_not_every_logit():
+    import numpy as np
+
+    from tinyvim_deploy.predictor import ClassificationResult
+
+    r = ClassificationResult([3, 1, 0, 2, 4], ["d", "b", "a", "c", "e"], [0.5, 0.2, 0.1, 0.1, 0.05],
+                             np.arange(1000, dtype=np.float32), "cat.jpg")
+    text = repr(r)
+    assert text == "ClassificationResult('cat.jpg', top-5: {'d': 0.500, 'b': 0.200, 'a': 0.100, … 2 more})"

@@ -18,7 +18,7 @@ from tinyvim_deploy.images import load_image, to_rgb
 from tinyvim_deploy.preprocess import preprocess
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class ClassificationResult:
     indices: list[int]  # top-k class indices, best first
     labels: list[str]
@@ -28,6 +28,11 @@ class ClassificationResult:
 
     def as_dict(self) -> dict:
         return {"source": self.source, "indices": self.indices, "labels": self.labels, "scores": self.scores}
+
+    def __repr__(self) -> str:  # the top few classes, not every logit
+        top = ", ".join(f"{label!r}: {score:.3f}" for label, score in zip(self.labels[:3], self.scores[:3]))
+        more = f", … {len(self.labels) - 3} more" if len(self.labels) > 3 else ""
+        return f"ClassificationResult({self.source!r}, top-{len(self.labels)}: {{{top}{more}}})"
 
 
 def _read_labels(path: str | os.PathLike) -> list[str]:
