@@ -25,9 +25,8 @@ import torch
 import tinyvim_deploy as tv
 from tinyvim_deploy.calibration.int8 import quantize_onnx
 from tinyvim_deploy.environment import cpu_description
-from tinyvim_deploy.evaluation import evaluate_segmentation
 from tinyvim_deploy.export.onnx_export import export_onnx
-from tinyvim_deploy.segmentation import prepare
+from tinyvim_deploy.tasks.segmentation import evaluate_segmentation, prepare
 from tinyvim_deploy.training.synthetic import SEG_CLASSES, make_segmentation_dataset, write_segmentation_folder
 from tinyvim_deploy.training.train import train_segmenter
 

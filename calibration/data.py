@@ -27,7 +27,6 @@ import numpy as np
 from tinyvim_deploy.errors import CalibrationError, ImageError
 from tinyvim_deploy.images import IMAGE_SUFFIXES, load_image
 from tinyvim_deploy.models.registry import ModelSpec
-from tinyvim_deploy.preprocess import preprocess
 
 RECOMMENDED_SAMPLES = 100  # below this, ranges (especially histograms) get noisy: warn
 
@@ -150,12 +149,10 @@ def load_calibration_set(
 
 
 def _prep(images, spec: ModelSpec, hw) -> np.ndarray:
-    if spec.task == "segmentation":  # the segmentation pipeline, fitted into the artifact's size
-        from tinyvim_deploy.segmentation import prepare
+    """The artifact's task's preprocessing, fitted into the artifact's size."""
+    from tinyvim_deploy.tasks import get_task
 
-        return np.stack([prepare(rgb, spec, hw)[0] for rgb in images])
-    return preprocess(images, hw, crop_pct=spec.crop_pct, interpolation=spec.interpolation, mean=spec.mean,
-                      std=spec.std)
+    return get_task(spec.task).preprocess(images, spec, tuple(hw))[0]
 
 
 def _array_set(array: np.ndarray, spec, hw, samples, seed, skip, quiet) -> CalibrationSet:

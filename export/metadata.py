@@ -13,6 +13,7 @@ import onnx
 
 from tinyvim_deploy.errors import ArtifactError
 from tinyvim_deploy.models.registry import ModelSpec
+from tinyvim_deploy.tasks import get_task
 
 PREFIX = "tinyvim_deploy."
 
@@ -40,20 +41,7 @@ def build_metadata(spec: ModelSpec, *, input_hw: tuple[int, int], batch: int | N
         "custom_ops": custom_ops,
         "torch_version": torch_version,
         "toolkit_version": toolkit_version,
-        **_segmentation_fields(spec),
-    }
-
-
-def _segmentation_fields(spec: ModelSpec) -> dict[str, str]:
-    """The test pipeline of a segmentor (cgrseg.md §9), and its palette for overlays."""
-    if spec.task != "segmentation":
-        return {}
-    return {
-        "test_scale": json.dumps(list(spec.test_scale) if spec.test_scale else None),
-        "resize_mode": spec.resize_mode,
-        "size_multiple": str(spec.size_multiple),
-        "output_stride": str(spec.output_stride),
-        "palette": json.dumps([list(c) for c in spec.palette]),
+        **get_task(spec.task).metadata_fields(spec),  # e.g. a segmentor's test pipeline and palette
     }
 
 

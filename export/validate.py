@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,33 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-@dataclasses.dataclass
-class Check:
-    name: str  # which input
-    max_abs: float
-    mean_abs: float
-    top1_agree: float | None  # classification: samples whose argmax agrees; segmentation: pixels whose argmax agrees
-    passed: bool
-    miou: float | None = None  # segmentation: mIoU of the candidate's argmax map against the reference's
-    labels: bool = False  # integer label maps were compared (max_abs/mean_abs = fraction of pixels that differ)
-    info: bool = False  # reported, not judged (detections end to end: 1 - agreement), not in the report's max_abs
-
-
-@dataclasses.dataclass
-class ValidationReport:
-    checks: list[Check]
-    atol: float
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-    @property
-    def max_abs(self) -> float:
-        return max(c.max_abs for c in self.checks if not c.info)
+from tinyvim_deploy.export.checks import Check, ValidationReport, map_agreement_miou  # noqa: F401  (re-exported)
+from tinyvim_deploy.tasks.detection import matched_fraction, raw_detection_checks  # noqa: F401  (re-exported)
 
 
 def ort_session(path_or_bytes, threads: int | None = None):
@@ -55,8 +29,7 @@ def photo_batch(photos_dir: str | os.PathLike | None, size: tuple[int, int], spe
     """Real photos preprocessed the model's way, if a folder of them is available."""
     if not photos_dir or not Path(photos_dir).is_dir():
         return None
-    from tinyvim_deploy.images import ImageError, load_image
-    from tinyvim_deploy.preprocess import preprocess
+    from tinyvim_deploy.images import IMAGE_SUFFIXES, ImageError, load_image
 
     images = []
     for path in sorted(Path(photos_dir).iterdir()):
@@ -69,16 +42,9 @@ def photo_batch(photos_dir: str | os.PathLike | None, size: tuple[int, int], spe
             break
     if not images:
         return None
-    if spec.task == "detection":  # letterboxed like the Predictor (square inputs)
-        from tinyvim_deploy.detection import letterbox_batch
+    from tinyvim_deploy.tasks import get_task
 
-        return letterbox_batch(images, size[0], spec.mean, spec.std)[0]
-    if spec.task == "segmentation":  # the segmentation pipeline, fitted into the export size
-        from tinyvim_deploy.segmentation import prepare
-
-        return np.stack([prepare(rgb, spec, size)[0] for rgb in images])
-    return preprocess(images, size, crop_pct=spec.crop_pct, interpolation=spec.interpolation,
-                      mean=spec.mean, std=spec.std)
+    return get_task(spec.task).preprocess(images, spec, tuple(size))[0]
 
 
 def validation_inputs(size: tuple[int, int], batches: Sequence[int], spec, photos_dir=None) -> dict[str, np.ndarray]:
@@ -94,28 +60,10 @@ def validation_inputs(size: tuple[int, int], batches: Sequence[int], spec, photo
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, name: str, atol: float, task: str) -> Check:
-    if np.issubdtype(reference.dtype, np.integer):  # label maps (--include-postprocess): pixels, not values
-        agree = float(np.mean(reference == candidate))
-        miou = map_agreement_miou(reference, candidate, int(max(reference.max(), candidate.max())) + 1)
-        return Check(name, 1.0 - agree, 1.0 - agree, agree, agree >= 0.999, miou, labels=True)
-    diff = np.abs(reference.astype(np.float64) - candidate)
-    top1 = miou = None
-    if task == "classification" and reference.ndim == 2:
-        top1 = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
-    if task == "segmentation" and reference.ndim == 4:
-        ref_map, got_map = reference.argmax(1), candidate.argmax(1)
-        top1, miou = float(np.mean(ref_map == got_map)), map_agreement_miou(ref_map, got_map, reference.shape[1])
-    ok = bool(np.isfinite(candidate).all() and diff.max() <= atol)
-    return Check(name, float(diff.max()), float(diff.mean()), top1, ok, miou)
+    """One output of one input, judged the task's way (segmentors: pixel agreement and mIoU of the argmax too)."""
+    from tinyvim_deploy.tasks import get_task
 
-
-def map_agreement_miou(reference: np.ndarray, candidate: np.ndarray, num_classes: int) -> float:
-    """mIoU of one label map against another, over the classes present in either (1.0 when identical)."""
-    ref, got = reference.ravel().astype(np.int64), candidate.ravel().astype(np.int64)
-    inter = np.bincount(ref[ref == got], minlength=num_classes)
-    union = np.bincount(ref, minlength=num_classes) + np.bincount(got, minlength=num_classes) - inter
-    present = union > 0
-    return float(np.mean(inter[present] / union[present])) if present.any() else 1.0
+    return get_task(task).compare([reference], [candidate], name, atol, reference)[0]
 
 
 def validate_onnx(onnx_path, torch_model: torch.nn.Module, inputs: dict[str, np.ndarray], atol: float = 1e-4,
@@ -166,22 +114,6 @@ def _run_chunks(session, x: np.ndarray) -> list[np.ndarray]:
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
-def matched_fraction(ref, got, iou: float = 0.9) -> float:
-    """Share of the reference's detections that the candidate has too (same class, box IoU ≥ ``iou``)."""
-    from tinyvim_deploy.models.detection import box_iou
-
-    total = matched = 0
-    for b in range(ref.num_dets.shape[0]):
-        k_ref, k_got = int(ref.num_dets[b, 0]), int(got.num_dets[b, 0])
-        total += k_ref
-        if k_ref == 0 or k_got == 0:
-            continue
-        overlap = box_iou(torch.as_tensor(ref.boxes[b, :k_ref]), torch.as_tensor(got.boxes[b, :k_got]))
-        same = torch.as_tensor(ref.classes[b, :k_ref])[:, None] == torch.as_tensor(got.classes[b, :k_got])[None]
-        matched += int(((overlap >= iou) & same).any(dim=1).sum())
-    return matched / total if total else 1.0
-
-
 def validate_detector(raw_model: bytes, final_path, torch_model: torch.nn.Module, inputs: dict[str, np.ndarray],
                       nms_config, atol: float = 1e-4, run_nms: bool = True) -> ValidationReport:
     """A detector export, in three checks per input (drkd.md §7.3):
@@ -194,7 +126,7 @@ def validate_detector(raw_model: bytes, final_path, torch_model: torch.nn.Module
     3. end to end (information): share of PyTorch's detections that ORT's final output has (same class,
        IoU ≥ 0.9). Near-tied scores may swap between runtimes, so this is reported, not required.
     """
-    from tinyvim_deploy.models.detection import Detections, multiclass_nms
+    from tinyvim_deploy.tasks.nms import Detections, multiclass_nms
 
     raw_session = ort_session(raw_model)
     final_session = ort_session(str(final_path)) if run_nms else None
@@ -222,25 +154,12 @@ def validate_detector(raw_model: bytes, final_path, torch_model: torch.nn.Module
 def end_to_end_check(name: str, ref_boxes: np.ndarray, ref_scores: np.ndarray, got, nms_config) -> Check:
     """Information, not judged: the share of PyTorch's final detections (reference NMS on its raw outputs)
     that another runtime's final output has. Near-tied scores may swap between runtimes."""
-    from tinyvim_deploy.models.detection import Detections, multiclass_nms
+    from tinyvim_deploy.tasks.nms import Detections, multiclass_nms
 
     with torch.no_grad():
         reference = multiclass_nms(torch.from_numpy(ref_boxes), torch.from_numpy(ref_scores), **nms_config.as_kwargs())
     agree = matched_fraction(Detections(*(t.numpy() for t in reference)), got)
     return Check(f"{name}: detections vs PyTorch (info)", 1.0 - agree, 1.0 - agree, agree, True, info=True)
-
-
-def raw_detection_checks(name: str, x: np.ndarray, ref_boxes: np.ndarray, ref_scores: np.ndarray,
-                         boxes: np.ndarray, scores: np.ndarray, atol: float) -> list[Check]:
-    """A detector's raw outputs against the reference: boxes in units of the input side, scores as they are."""
-    side = float(max(x.shape[-2:]))
-    box_diff = np.abs(ref_boxes.astype(np.float64) - boxes) / side
-    score_diff = np.abs(ref_scores.astype(np.float64) - scores)
-    checks = []
-    for what, diff, got in (("boxes / side", box_diff, boxes), ("scores", score_diff, scores)):
-        ok = bool(np.isfinite(got).all() and diff.max() <= atol)
-        checks.append(Check(f"{name}: {what}", float(diff.max()), float(diff.mean()), None, ok))
-    return checks
 
 
 def top_detection_check(name: str, x: np.ndarray, ref_boxes: np.ndarray, ref_scores: np.ndarray, got, atol: float,

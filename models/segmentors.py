@@ -2,7 +2,7 @@
 
 The composition is mmseg's ``EncoderDecoder`` at inference (no auxiliary head): the module returns
 the decode head's logits at 1/``spec.output_stride`` of its input; resizing to the image, cropping
-and argmax are the shared post-processing of ``tinyvim_deploy.segmentation`` (cgrseg.md §9). Keys
+and argmax are the shared post-processing of ``tinyvim_deploy.tasks.segmentation``. Keys
 are the official checkpoint's: ``backbone.*``, ``neck.*``, ``decode_head.*``.
 
 | name | backbone | decoder | official |

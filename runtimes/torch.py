@@ -12,6 +12,7 @@ import torch
 
 from tinyvim_deploy.errors import BackendUnavailableError
 from tinyvim_deploy.runtimes.base import Backend, TensorInfo
+from tinyvim_deploy.tasks import get_task
 
 
 class TorchBackend(Backend):
@@ -75,16 +76,11 @@ class TorchBackend(Backend):
 
     def inputs(self) -> list[TensorInfo]:
         # a segmentor in eager PyTorch takes any size (the official pipeline decides it) unless one was set
-        free = self.spec.task == "segmentation" and not self.options.get("input_size")
+        free = get_task(self.spec.task).any_input_size and not self.options.get("input_size")
         return [TensorInfo("image", (None, 3, *(("height", "width") if free else self.input_hw)), "float32")]
 
     def outputs(self) -> list[TensorInfo]:
-        if self.spec.task == "segmentation":
-            return [TensorInfo("logits", (None, self.spec.num_classes, "height", "width"), "float32")]
-        if self.spec.task == "detection":  # raw decoded outputs; the Predictor applies the reference NMS
-            return [TensorInfo("boxes", (None, "points", 4), "float32"),
-                    TensorInfo("scores", (None, "points", self.spec.num_classes), "float32")]
-        return [TensorInfo("logits", (None, self.spec.num_classes), "float32")]
+        return get_task(self.spec.task).torch_outputs(self.spec)
 
     def describe(self) -> str:
         extras = [k for k, on in (("fp16", self.fp16), ("cuda graph", self.use_graph),

@@ -11,8 +11,16 @@ from PIL import Image
 
 import tinyvim_deploy as tv
 from tests.conftest import PHOTOS, SHARED, need_shared, tvdeploy
-from tinyvim_deploy.evaluation import SegmentationMetrics, pair_images_and_labels, read_label
-from tinyvim_deploy.segmentation import InputPlan, SegmentationResult, labels_from_logits, plan_input, prepare
+from tinyvim_deploy.tasks.segmentation import (
+    InputPlan,
+    SegmentationMetrics,
+    SegmentationResult,
+    labels_from_logits,
+    pair_images_and_labels,
+    plan_input,
+    prepare,
+    read_label,
+)
 
 SEGMENTORS = ["tinyvim-s-cgrseg", "tinyvim-s-cgrseg-ssa", "tinyvim-b-fpn", "tinyvim-l-fpn"]
 
@@ -76,7 +84,7 @@ def test_labels_come_back_at_the_original_size_through_crop_and_resize():
 @pytest.mark.parametrize("hw, crop, stride", [((70, 100), (32, 48), (21, 30)), ((20, 30), (32, 48), (21, 32)),
                                               ((64, 96), (32, 48), (32, 48))])
 def test_sliding_windows_cover_every_pixel_and_average_overlaps(hw, crop, stride):
-    from tinyvim_deploy.segmentation import slide_logits
+    from tinyvim_deploy.tasks.segmentation import slide_logits
 
     x = np.random.default_rng(0).standard_normal((3, *hw)).astype(np.float32)
     seen = []
@@ -173,7 +181,7 @@ def test_torch_and_onnx_give_the_same_label_maps_on_the_photos(seg_model):
     need_shared(PHOTOS)
     torch_predictor = tv.Predictor("tinyvim-s-cgrseg", weights=weights, input_size=512)  # the same 512 box
     onnx_predictor = tv.Predictor(onnx_path)
-    assert onnx_predictor.task == "segmentation" and not onnx_predictor.backend.dynamic_hw
+    assert onnx_predictor.task.name == "segmentation" and not onnx_predictor.backend.dynamic_hw
     photos = [p for p in sorted(PHOTOS.iterdir()) if p.suffix.lower() in (".png", ".jpg", ".gif", ".tif")]
     for photo in photos:
         # Each predictor decodes the file itself (the 10x10 planar float64 TIFF changed between decodes while

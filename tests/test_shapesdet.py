@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tinyvim_deploy.coco_eval import area_ranges
-from tinyvim_deploy.detection import letterbox, unletterbox_boxes
 from tinyvim_deploy.errors import DatasetError
+from tinyvim_deploy.tasks.detection import letterbox, unletterbox_boxes
 from tinyvim_deploy.training import shapesdet as sd
 
 SIZE = 128

@@ -30,10 +30,10 @@ from tinyvim_deploy.errors import (  # noqa: E402  (the errors import nothing: c
 )
 
 if TYPE_CHECKING:  # what the lazy attributes are, for type checkers and IDEs
-    from tinyvim_deploy.detection import DetectionResult
     from tinyvim_deploy.models import ModelSpec, create_model, get_spec, list_models, reparameterize
     from tinyvim_deploy.predictor import ClassificationResult, Predictor
-    from tinyvim_deploy.segmentation import SegmentationResult
+    from tinyvim_deploy.tasks.detection import DetectionResult
+    from tinyvim_deploy.tasks.segmentation import SegmentationResult
 
 # Public name -> the module that defines it, imported on first access.
 _LAZY = {
@@ -44,8 +44,8 @@ _LAZY = {
     "reparameterize": "tinyvim_deploy.models",
     "Predictor": "tinyvim_deploy.predictor",
     "ClassificationResult": "tinyvim_deploy.predictor",
-    "SegmentationResult": "tinyvim_deploy.segmentation",
-    "DetectionResult": "tinyvim_deploy.detection",
+    "SegmentationResult": "tinyvim_deploy.tasks.segmentation",
+    "DetectionResult": "tinyvim_deploy.tasks.detection",
 }
 
 

@@ -107,14 +107,12 @@ def benchmark(predictor, *, batch: int = 1, warmup: int = 10, iterations: int | 
 
     def once() -> tuple[float, float, float]:
         t0 = time.perf_counter()
-        inp = predictor.preprocess(chosen) if end_to_end else x
+        inp, contexts = predictor.preprocess(chosen, fixed_size=True) if end_to_end else (x, None)
         t1 = time.perf_counter()
         out = backend.run(inp)
         t2 = time.perf_counter()
-        if end_to_end and predictor.task == "detection":
-            predictor.detections_from_outputs(out)  # NMS where the artifact has none (the rest is indexing)
-        elif end_to_end:
-            predictor.postprocess(out[0], ["bench"] * batch)
+        if end_to_end:
+            predictor.postprocess(out, contexts, ["bench"] * batch)
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2
 
@@ -251,43 +249,16 @@ def compare_formats(model_name: str, formats: Sequence[str], *, weights=None, wo
             continue
         if reference_x is None:
             if images:
-                reference_x = predictor.preprocess([images[i % len(images)] for i in range(batch)])
+                reference_x = predictor.preprocess([images[i % len(images)] for i in range(batch)], fixed_size=True)[0]
             else:
                 hw = predictor.backend.input_hw
                 reference_x = np.random.default_rng(0).standard_normal((batch, 3, *hw)).astype(np.float32)
             with torch.inference_mode():
-                reference_y = reference_model(torch.from_numpy(reference_x))
-            reference_y = _as_detections(reference_y) if predictor.task == "detection" else reference_y.numpy()
-        outputs = predictor.backend.run(reference_x)
-        if predictor.task == "detection":
-            diff, same = _detection_parity(reference_y, _as_detections(outputs))
-        else:
-            y = outputs[0]
-            diff, same = float(np.abs(y - reference_y).max()), bool((y.argmax(1) == reference_y.argmax(1)).all())
+                y = reference_model(torch.from_numpy(reference_x))
+            reference_y = [t.numpy() for t in (y if isinstance(y, (tuple, list)) else (y,))]
+        diff, same = predictor.task.parity(reference_y, predictor.backend.run(reference_x))
         result = benchmark(predictor, batch=batch, warmup=warmup, iterations=iterations, duration=duration,
                            images=images, progress=on_format(fmt) if on_format else None)
         predictor.close()
         rows.append(FormatRow(fmt, "ok", str(artifact), size_mb, diff, same, result))
     return rows
-
-
-def _as_detections(outputs):
-    """A detector's outputs as the fixed-K contract: (boxes, scores) get the reference NMS, 4 outputs are it."""
-    import torch
-
-    from tinyvim_deploy.models.detection import Detections, multiclass_nms
-
-    if len(outputs) == 4:
-        return Detections(*(np.asarray(o) for o in outputs))
-    boxes, scores = (torch.as_tensor(np.asarray(o)) for o in outputs)
-    return Detections(*(t.numpy() for t in multiclass_nms(boxes, scores)))
-
-
-def _detection_parity(reference, candidate) -> tuple[float, bool]:
-    """(max abs diff of the ranked scores, all of the reference's detections found: same class, IoU ≥ 0.9).
-
-    Ranked scores, not per-slot boxes: near-tied candidates may swap places between runtimes.
-    """
-    from tinyvim_deploy.export.validate import matched_fraction
-
-    return float(np.abs(reference.scores - candidate.scores).max()), matched_fraction(reference, candidate) == 1.0

@@ -81,7 +81,7 @@ class DetectionSamples:
 
 def prepare_samples(data, size: int, mean: Sequence[float], std: Sequence[float]) -> DetectionSamples:
     """A :class:`~tinyvim_deploy.training.shapesdet.DetectionData` -> network inputs, like the Predictor's."""
-    from tinyvim_deploy.detection import letterbox_batch
+    from tinyvim_deploy.tasks.detection import letterbox_batch
 
     if len(data) == 0:
         raise DatasetError("The detection data set is empty.")
@@ -380,8 +380,8 @@ def evaluate_detector(detector: nn.Module, data, size: int, mean: Sequence[float
                       max_det: int = 100):
     """COCO AP of ``detector`` on a DetectionData (letterboxed like training, boxes mapped back to the image)."""
     from tinyvim_deploy.coco_eval import coco_evaluate, detections_from_arrays
-    from tinyvim_deploy.detection import unletterbox_boxes
     from tinyvim_deploy.models.detection import DetectorWithNMS
+    from tinyvim_deploy.tasks.detection import unletterbox_boxes
 
     samples = prepare_samples(data, size, mean, std)
     reference = DetectorWithNMS(detector.eval(), score_threshold, iou_threshold, max_det)

@@ -49,11 +49,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tinyvim_deploy.detection import letterbox, unletterbox_boxes
 from tinyvim_deploy.errors import DatasetError, ImageError
 from tinyvim_deploy.fileio import atomic_output, write_json
 from tinyvim_deploy.images import load_image
 from tinyvim_deploy.models.registry import SHAPESDET_CLASSES
+from tinyvim_deploy.tasks.detection import letterbox, unletterbox_boxes
 
 __all__ = [
     "MODE_ID",

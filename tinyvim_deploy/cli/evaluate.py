@@ -28,10 +28,10 @@ def eval_cmd(
     json_path: Path | None = typer.Option(None, "--json", help="Also write the metrics as JSON here (- for stdout)."),
 ) -> None:
     """Segmentation: mIoU, aAcc, per-class IoU. Detection: COCO AP (pycocotools). Same numbers on every runtime."""
-    from tinyvim_deploy.evaluation import evaluate_segmentation, pair_images_and_labels
     from tinyvim_deploy.fileio import write_json
     from tinyvim_deploy.predictor import Predictor
     from tinyvim_deploy.reports import eval_table
+    from tinyvim_deploy.tasks.segmentation import evaluate_segmentation, pair_images_and_labels
 
     json_out = json_destination(json_path)
     options = {"input_size": input_size} if input_size else {}
@@ -41,11 +41,11 @@ def eval_cmd(
     with Predictor(artifact, backend=backend, device=device, threads=threads, weights=weights, **options) as predictor:
         if predictor.backend.name == "torch" and weights is None:
             note_random_weights(artifact)
-        if predictor.task == "detection":
+        if predictor.task.name == "detection":
             _eval_detection(predictor, artifact, data, images, data_seed, json_out)
             return
-        if predictor.task != "segmentation" or detection_data:
-            raise ArtifactError(f"{artifact} is a {predictor.task} model and {data} is "
+        if predictor.task.name != "segmentation" or detection_data:
+            raise ArtifactError(f"{artifact} is a {predictor.task.name} model and {data} is "
                                 f"{'detection' if detection_data else 'segmentation'} data: eval needs a segmentor "
                                 "with label maps or a detector with COCO boxes.")
         with progress_bar() as progress:

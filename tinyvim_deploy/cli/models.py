@@ -10,6 +10,7 @@ from tinyvim_deploy.cli.console import console
 def models_cmd() -> None:
     """List the models this toolkit can build."""
     from tinyvim_deploy.models import get_spec, list_models
+    from tinyvim_deploy.tasks import get_task
 
     table = Table(title="tinyvim-deploy models")
     for col in ("name", "task", "params", "GMACs", "default input", "preprocessing", "classes"):
@@ -19,8 +20,6 @@ def models_cmd() -> None:
         c, h, w = s.input_size
         table.add_row(
             name, s.task, f"{s.params / 1e6:.2f} M", f"{s.macs / 1e9:.3f}", f"{c}x{h}x{w}",
-            f"{s.resize_mode} to {s.size_multiple}, {s.interpolation}" if s.task == "segmentation"
-            else f"letterbox, {s.interpolation}" if s.task == "detection"
-            else f"crop {s.crop_pct} {s.interpolation}", str(s.num_classes),
+            get_task(s.task).describe_preprocessing(s), str(s.num_classes),
         )
     console.print(table)

@@ -50,7 +50,7 @@ def predict_cmd(
         except ImageError as e:
             errors.append({"source": str(path), "error": str(e)})
             err_console.print(f"[yellow]skipped:[/] {e}", highlight=False, soft_wrap=True)
-    if predictor.task == "segmentation":
+    if predictor.task.name == "segmentation":
         from tinyvim_deploy.models import parse_input_size
 
         step = parse_input_size(stride, None) if stride else None
@@ -59,7 +59,7 @@ def predict_cmd(
             console.print(segmentation_table(result, topk))
             if save_dir:
                 _save_segmentation(save_dir, result, rgb)
-    elif predictor.task == "detection":
+    elif predictor.task.name == "detection":
         results = predictor.detect(decoded, batch_size=batch)
         for result, (rgb, _) in zip(results, decoded):
             console.print(detection_table(result))
