@@ -24,6 +24,7 @@ from tinyvim_deploy.calibration.sensitivity import BudgetResult, choose_float_gr
 from tinyvim_deploy.errors import CalibrationError
 from tinyvim_deploy.export.metadata import read_metadata, spec_from_metadata, write_metadata
 from tinyvim_deploy.fileio import atomic_output
+from tinyvim_deploy.tasks import get_task
 
 
 @dataclasses.dataclass
@@ -73,9 +74,8 @@ def quantize_onnx(
     ranges, hit = get_ranges(float_path, calib, method, cache_path)
     write_trt_calibration_table(ranges, trt_table)
 
-    # Segmentors: the MatMuls are the prototype / SSA cosine tails and attention, all precision-sensitive
-    # and tiny (cgrseg.md §10, ssa.md §8 #7): always float. Only their convs are quantized.
-    always_float = [n.name for n in proto.graph.node if n.op_type == "MatMul"] if spec.task == "segmentation" else []
+    # Op types the task keeps in float whatever the budget says (a segmentor's precision-sensitive MatMul tails).
+    always_float = [n.name for n in proto.graph.node if n.op_type in get_task(spec.task).int8_float_ops]
     groups = {g: [n for n in nodes if n not in always_float] for g, nodes in quantizable_groups(proto).items()}
     budget = choose_float_groups(float_path, {g: n for g, n in groups.items() if n}, ranges, method, quant_profile,
                                  calib.tensors, calib.labels, min_agreement=min_agreement, max_drop=max_drop,

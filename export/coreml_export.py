@@ -41,6 +41,7 @@ import torch
 
 from tinyvim_deploy.errors import BackendUnavailableError, ExportError
 from tinyvim_deploy.fileio import honour_umask
+from tinyvim_deploy.tasks import get_task
 
 # Ops that the Neural Engine does not run (Core ML moves them, and often their neighbours, to the
 # CPU). Reported after conversion so that a user knows before profiling in Xcode.
@@ -147,7 +148,8 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
     spec = model.spec
     hw = parse_input_size(input_size, tuple(spec.input_size[1:]))
     check_input_size(*hw, spec.size_multiple)
-    detector = spec.task == "detection"
+    task = get_task(spec.task)
+    detector = task.has_nms
     if w8a8 and detector:
         raise ExportError("W8A8 Core ML export of detectors is not implemented: use --int8-weights.")
     deploy = reparameterize(model)
@@ -181,11 +183,7 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
             program,
             inputs=[ct.ImageType(name="image", shape=(1, 3, *hw), scale=1 / 255.0, bias=[-m for m in mean],
                                  color_layout=ct.colorlayout.RGB)],
-            # a classifier's outputs are (classLabel, classLabel_probs); a segmentor's are the logits
-            classifier_config=ct.ClassifierConfig(list(spec.class_names)) if spec.task == "classification" else None,
-            outputs=[ct.TensorType(name="logits")] if spec.task == "segmentation" else
-            [ct.TensorType(name="confidence", dtype=np.float32), ct.TensorType(name="coordinates", dtype=np.float32)]
-            if detector else None,  # Core ML's NMS takes float32 (or double) inputs, not an FP16 program's default
+            **task.coreml_convert_options(ct, spec),  # the task's outputs (classifier labels, logits, NMS inputs)
             convert_to="mlprogram",
             minimum_deployment_target=getattr(ct.target, minimum_target),
             compute_precision=compute_precision,
@@ -210,9 +208,7 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
     mlmodel.version = tinyvim_deploy.__version__
     weights_int8 = weights_int8 or w8a8
     scan_note = ", scan fp32" if precision == "fp16" and scan_fp32 else ""
-    kind = "image classifier" if spec.task == "classification" else (
-        "object detector (letterboxed input; Core ML NMS pipeline, boxes normalised cx,cy,w,h)" if detector else
-        f"semantic segmentation (logits at 1/{spec.output_stride}; resize, crop and argmax in the app)")
+    kind = task.coreml_kind(spec)
     mlmodel.short_description = (f"{model_name} {kind}, {hw[0]}x{hw[1]}, {precision}{scan_note}"
                                  + (", int8 weights and activations" if w8a8 else ", int8 weights" if weights_int8
                                     else ""))
@@ -239,7 +235,6 @@ def export_coreml(model_name: str, *, weights=None, output=None, input_size=None
 
 def _quantize_activations(mlmodel, calib_data, spec, hw, samples: int):
     """W8A8 (macOS): calibrate activation ranges on the calibration images, as the ImageType input sees them."""
-    import numpy as np
     from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_activations
     from PIL import Image
 

@@ -145,16 +145,18 @@ def export_onnx(
 
     import tinyvim_deploy
     from tinyvim_deploy.models import check_input_size, create_model, get_spec, reparameterize
+    from tinyvim_deploy.tasks import get_task
 
     spec = get_spec(model_name)
-    detector = spec.task == "detection"
+    task = get_task(spec.task)
+    detector = task.has_nms
     if nms not in NMS_KINDS:
         raise ExportError(f"Unknown NMS {nms!r}: choose {', '.join(NMS_KINDS)}.")
     if detector:
         from tinyvim_deploy.export.nms import NMSConfig
 
         nms_config = nms_config or NMSConfig()
-    if include_postprocess and spec.task != "segmentation":
+    if include_postprocess and not task.can_output_labels:
         raise ExportError("--include-postprocess is for segmentors (a label map out of the graph).")
     size = parse_input_size(input_size, spec.input_size[1:])
     check_input_size(*size, spec.size_multiple)

@@ -155,7 +155,9 @@ class ExportOptions:
             if target not in targets:
                 where = " or ".join(f"--target {t.value}" for t in Target if t in targets)
                 raise ExportError(f"{flag(name)} does not apply to --target {target.value}: it is for {where}.")
-        detector = task == "detection"
+        from tinyvim_deploy.tasks import get_task
+
+        detector = get_task(task).has_nms
         for name in DETECTION_FLAGS:
             if name in given and not detector:
                 raise ExportError(f"{flag(name)} is for detectors; {opts.model} is a {task} model.")
@@ -190,9 +192,11 @@ class ExportOptions:
 
     def nms_config(self, task: str):
         """The NMS settings of a detector (``None`` for other tasks)."""
-        if task != "detection":
-            return None
         from tinyvim_deploy.export.nms import NMSConfig
+        from tinyvim_deploy.tasks import get_task
+
+        if not get_task(task).has_nms:
+            return None
 
         return NMSConfig(score_threshold=self.score_threshold, iou_threshold=self.iou_threshold, max_det=self.max_det)
 

@@ -377,8 +377,10 @@ Judge = Callable[[Callable[[np.ndarray], list[np.ndarray]], Reference], Any]
 
 def _judge_for(metadata: dict[str, str], precision: str) -> Judge:
     """How a run of the prepared graph or of the engine is compared with the reference, by task."""
+    from tinyvim_deploy.tasks import get_task
+
     task = metadata.get("task", "classification")
-    if task != "detection":
+    if not get_task(task).has_nms:
         return lambda run, reference: compare_outputs(run, reference, precision, task)
     from tinyvim_deploy.export.metadata import class_names_from_metadata
     from tinyvim_deploy.export.nms import NMSConfig

@@ -17,6 +17,7 @@ import numpy as np
 
 from tinyvim_deploy.errors import ArtifactError, BackendUnavailableError
 from tinyvim_deploy.runtimes.base import Backend, TensorInfo
+from tinyvim_deploy.tasks import get_task
 
 COMPUTE_UNITS = {"all": "ALL", "cpu_and_gpu": "CPU_AND_GPU", "cpu_only": "CPU_ONLY", "cpu_and_ne": "CPU_AND_NE"}
 
@@ -48,6 +49,7 @@ class CoreMLBackend(Backend):
         meta = read_user_metadata(dict(self.model.get_spec().description.metadata.userDefined), str(self.artifact))
         self.spec, self.input_hw = spec_from_metadata(meta, str(self.artifact))
         self.class_names = class_names_from_metadata(meta)
+        self.task = get_task(self.spec.task)
         self._mean = np.asarray(json.loads(meta["mean"]), np.float32)
         self._std = np.asarray(json.loads(meta["std"]), np.float32)
         self.device = f"coreml:{units}"
@@ -60,17 +62,11 @@ class CoreMLBackend(Backend):
         out = []
         for image in to_pixels(batch, self._mean, self._std):  # (a segmentor's zero padding -> the mean colour)
             prediction = self.model.predict({"image": Image.fromarray(image)})
-            if self.spec.task == "segmentation":
-                out.append(np.asarray(prediction["logits"], np.float32)[0])
-            else:
-                probs = prediction["classLabel_probs"]
-                out.append([probs[name] for name in self.class_names])
+            out.append(self.task.coreml_read(prediction, self.class_names))
         return [np.asarray(out, np.float32)]
 
     def inputs(self) -> list[TensorInfo]:
         return [TensorInfo("image", (1, 3, *self.input_hw), "image RGB")]
 
     def outputs(self) -> list[TensorInfo]:
-        if self.spec.task == "segmentation":
-            return [TensorInfo("logits", (1, self.spec.num_classes, None, None), "float32")]
-        return [TensorInfo("classLabel_probs", (1, self.spec.num_classes), "float32")]
+        return self.task.coreml_outputs(self.spec)

@@ -37,3 +37,22 @@ def test_predict_and_bench_end_to_end_for_every_task(task, tmp_path):
     timing = json.loads(bench.read_text())["result"]
     assert timing["mode"] == "end-to-end" and timing["iterations"] == 2 and set(timing["stages"]) == {
         "preprocess", "inference", "postprocess"}
+
+
+def test_no_code_outside_tasks_branches_on_a_task_name():
+    """The Predictor, export, runtimes, calibration, training and the CLI ask the task; they never compare its name."""
+    import ast
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    names = set(TASK_MODULES)
+    found = []
+    for folder in ("tinyvim_deploy", "models", "export", "runtimes", "calibration", "training"):
+        for path in (repo / folder).rglob("*.py"):
+            if "tasks" in path.relative_to(repo).parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Compare) and any(
+                        isinstance(c, ast.Constant) and c.value in names for c in [node.left, *node.comparators]):
+                    found.append(f"{path.relative_to(repo)}:{node.lineno}")
+    assert not found, found

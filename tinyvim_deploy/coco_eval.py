@@ -52,8 +52,9 @@ class CocoMetrics:
     area_ranges: dict[str, tuple[float, float]]
     image_size: int | None = None
 
-    def as_dict(self) -> dict[str, float]:
-        return {name: getattr(self, name) for name in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")}
+    def as_dict(self) -> dict:
+        return {**{name: getattr(self, name) for name in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")},
+                "area_ranges": self.area_ranges}
 
     def table(self) -> list[str]:
         """Printable rows, the area ranges included (they differ from COCO's when image_size is set)."""
@@ -141,19 +142,3 @@ def coco_evaluate(gt: dict, detections: Sequence[dict], image_size: int | None =
         evaluator.summarize()
     stats = [float(v) for v in evaluator.stats[:6]]
     return CocoMetrics(*stats, area_ranges=ranges, image_size=image_size)
-
-
-def evaluate_predictor(predictor, data, batch_size: int = 8, on_batch=None) -> CocoMetrics:
-    """COCO AP of any artifact through the Predictor (letterbox, runtime, NMS, un-letterbox) on a DetectionData.
-
-    Area ranges are scaled to the images' side when they all share one (synthetic sets), else COCO's.
-    """
-    results = []
-    for start in range(0, len(data), batch_size):
-        chunk = [(np.asarray(data.images[i]), data.file_name(i)) for i in range(start, min(len(data), start + batch_size))]
-        for offset, det in enumerate(predictor.detect(chunk)):
-            results += detections_from_arrays(start + offset + 1, det.boxes, det.scores, det.class_ids)
-        if on_batch:
-            on_batch(min(len(data), start + batch_size), len(data))
-    sides = {max(np.asarray(image).shape[:2]) for image in data.images}
-    return coco_evaluate(data.to_coco(), results, image_size=sides.pop() if len(sides) == 1 else None)

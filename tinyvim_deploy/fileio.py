@@ -97,3 +97,13 @@ def _jsonable(value: object) -> object:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def save_image(path: str | os.PathLike, pixels) -> None:
+    """An RGB (H×W×3) or label (H×W) uint8 array as a JPEG (``.jpg``/``.jpeg``) or PNG, written atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    with atomic_output(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="JPEG" if jpeg else "PNG", **({"quality": 92} if jpeg else {}))

@@ -379,19 +379,16 @@ def evaluate_detector(detector: nn.Module, data, size: int, mean: Sequence[float
                       batch_size: int = 16, score_threshold: float = 0.05, iou_threshold: float = 0.6,
                       max_det: int = 100):
     """COCO AP of ``detector`` on a DetectionData (letterboxed like training, boxes mapped back to the image)."""
-    from tinyvim_deploy.coco_eval import coco_evaluate, detections_from_arrays
     from tinyvim_deploy.models.detection import DetectorWithNMS
-    from tinyvim_deploy.tasks.detection import unletterbox_boxes
+    from tinyvim_deploy.tasks.detection import coco_metrics, unletterbox_boxes
 
     samples = prepare_samples(data, size, mean, std)
     reference = DetectorWithNMS(detector.eval(), score_threshold, iou_threshold, max_det)
-    results = []
+    found = []
     for start in range(0, len(samples), batch_size):
         out = reference(samples.images[start:start + batch_size])
         for j in range(out.num_dets.shape[0]):
             i, k = start + j, int(out.num_dets[j, 0])
             boxes = unletterbox_boxes(out.boxes[j, :k].numpy(), samples.scales[i], data.images[i].shape[:2])
-            results += detections_from_arrays(i + 1, boxes, out.scores[j, :k].numpy(), out.classes[j, :k].numpy())
-    long_sides = {max(image.shape[:2]) for image in data.images}
-    # Area ranges: COCO's scaled to the images' side when they all share one (drkd.md §7.4), else COCO's own.
-    return coco_evaluate(data.to_coco(), results, image_size=long_sides.pop() if len(long_sides) == 1 else None)
+            found.append((boxes, out.scores[j, :k].numpy(), out.classes[j, :k].numpy()))
+    return coco_metrics(data, found)

@@ -54,6 +54,7 @@ from tinyvim_deploy.fileio import atomic_output, write_json
 from tinyvim_deploy.images import load_image
 from tinyvim_deploy.models.registry import SHAPESDET_CLASSES
 from tinyvim_deploy.tasks.detection import letterbox, unletterbox_boxes
+from tinyvim_deploy.training import SYNTHETIC
 
 __all__ = [
     "MODE_ID",
@@ -543,3 +544,17 @@ def read_coco_folder(root: str | os.PathLike) -> DetectionData:
         names.append(file_name)
     same_size = len({im.shape for im in images}) == 1
     return DetectionData(np.stack(images) if same_size else images, boxes, labels, class_names, names)
+
+
+def load_detection_data(source: str, split: str, images: int, size: int, seed: int):
+    """``synthetic:shapesdet[:iid|context]`` (seeded, disjoint splits) or a COCO folder (json + images)."""
+    if source.startswith(SYNTHETIC):
+        mode = source[len(SYNTHETIC):].lstrip(":") or "iid"
+        if mode not in ("iid", "context"):
+            raise DatasetError(f"Unknown ShapesDet mode {mode!r}: use {SYNTHETIC}:iid or {SYNTHETIC}:context.")
+        return make_detection_dataset(images, size=size, seed=seed, mode=mode, split=split)
+    if source.startswith("synthetic:"):
+        raise DatasetError(f"Unknown synthetic set {source!r}: the detection one is {SYNTHETIC}.")
+    if not Path(source).is_dir():
+        raise DatasetError(f"Data folder not found: {source}")
+    return read_coco_folder(source)

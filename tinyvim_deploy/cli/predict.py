@@ -31,7 +31,6 @@ def predict_cmd(
     from tinyvim_deploy.fileio import write_json
     from tinyvim_deploy.images import collect_images
     from tinyvim_deploy.predictor import Predictor
-    from tinyvim_deploy.reports import detection_table, prediction_table, segmentation_table
 
     json_out = json_destination(json_path)
     if batch < 1:
@@ -43,6 +42,8 @@ def predict_cmd(
                           topk=topk, score_threshold=conf)
     if predictor.backend.name == "torch" and weights is None:
         note_random_weights(artifact)
+    if save_dir and not predictor.task.saves_images:
+        raise ArtifactError(f"--save-dir is for segmentation and detection; this model is a {predictor.task.name} model.")
     decoded, errors = [], []
     for path in paths:
         try:
@@ -50,28 +51,16 @@ def predict_cmd(
         except ImageError as e:
             errors.append({"source": str(path), "error": str(e)})
             err_console.print(f"[yellow]skipped:[/] {e}", highlight=False, soft_wrap=True)
-    if predictor.task.name == "segmentation":
+    options = {}
+    if slide or stride:
         from tinyvim_deploy.models import parse_input_size
 
-        step = parse_input_size(stride, None) if stride else None
-        results = predictor.segment(decoded, slide=slide, stride=step)
-        for result, (rgb, _) in zip(results, decoded):
-            console.print(segmentation_table(result, topk))
-            if save_dir:
-                _save_segmentation(save_dir, result, rgb)
-    elif predictor.task.name == "detection":
-        results = predictor.detect(decoded, batch_size=batch)
-        for result, (rgb, _) in zip(results, decoded):
-            console.print(detection_table(result))
-            if save_dir:
-                _save_image(Path(save_dir) / f"{Path(result.source).stem}_boxes.jpg", result.draw(rgb))
-    else:
-        if save_dir or slide:
-            raise ArtifactError("--save-dir and --slide are for segmentation and detection; this model is a "
-                                "classifier.")
-        results = predictor.classify(decoded, batch_size=batch)
-        for result in results:
-            console.print(prediction_table(result))
+        options = {"slide": True, "stride": parse_input_size(stride, None) if stride else None}
+    results = predictor.predict(decoded, batch, **options)
+    for result, (rgb, _) in zip(results, decoded):
+        console.print(predictor.task.render(result, topk))
+        if save_dir:
+            predictor.task.save(result, rgb, save_dir)
     if json_out:
         write_json(json_out, {"artifact": str(artifact), "backend": predictor.backend.describe(),
                               "results": [r.as_dict() for r in results], "errors": errors})
@@ -80,23 +69,3 @@ def predict_cmd(
         err_console.print(f"{len(errors)} of {len(paths)} files could not be read.")
         raise typer.Exit(1)
 
-
-def _save_image(path: Path, rgb) -> None:
-    from PIL import Image
-
-    from tinyvim_deploy.fileio import atomic_output
-
-    with atomic_output(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format="JPEG" if path.suffix == ".jpg" else "PNG", quality=92)
-
-
-def _save_segmentation(save_dir: Path, result, rgb) -> None:
-    """``<stem>_overlay.png`` (image blended with class colours) and ``<stem>_labels.png`` (class index per pixel)."""
-    from PIL import Image
-
-    from tinyvim_deploy.fileio import atomic_output
-
-    stem = Path(result.source).stem
-    for suffix, array in (("overlay", result.overlay(rgb)), ("labels", result.labels)):
-        with atomic_output(Path(save_dir) / f"{stem}_{suffix}.png") as tmp:
-            Image.fromarray(array).save(tmp, format="PNG")

@@ -16,8 +16,8 @@ from pathlib import Path
 import typer
 
 from tinyvim_deploy.cli.console import console, progress_bar
-from tinyvim_deploy.cli.datasets import SYNTHETIC, load_detection_data
 from tinyvim_deploy.errors import ArtifactError, DatasetError
+from tinyvim_deploy.training import SYNTHETIC
 
 
 class TrainMethod(str, enum.Enum):
@@ -30,9 +30,10 @@ def _build_student(name: str, num_classes: int, seed: int):
     import torch
 
     from tinyvim_deploy.models import create_model, get_spec
+    from tinyvim_deploy.tasks import get_task
 
     spec = get_spec(name)
-    if spec.task != "detection":
+    if not get_task(spec.task).trainable:
         raise ArtifactError(f"{name} is a {spec.task} model; train/distill build detectors (tinyvim-s-det, ...).")
     torch.manual_seed(seed)  # --seed promises the initialisation too
     return spec, create_model(name, num_classes=num_classes)
@@ -70,6 +71,7 @@ def _run(model: str, data: str, val_data: str | None, method: str, teacher_path:
         prepare_samples,
         train_detector,
     )
+    from tinyvim_deploy.training.shapesdet import load_detection_data
 
     rank, world = distributed_context()
     train_data = load_detection_data(data, "train", images, input_size, data_seed)

@@ -26,6 +26,12 @@ class Task(abc.ABC):
 
     name: ClassVar[str]
     any_input_size: ClassVar[bool] = False  # eager PyTorch takes images at the task's own sizes
+    has_nms: ClassVar[bool] = False  # the network's raw outputs need NMS (exports append it, or the Predictor runs it)
+    can_output_labels: ClassVar[bool] = False  # ``--include-postprocess``: the graph can end in a label map
+    trainable: ClassVar[bool] = False  # ``tvdeploy train`` / ``distill`` train this task's models
+    int8_float_ops: ClassVar[tuple[str, ...]] = ()  # op types INT8 export always keeps in float for this task
+    predict_options: ClassVar[frozenset[str]] = frozenset()  # task-only options of :meth:`predict` (e.g. ``slide``)
+    saves_images: ClassVar[bool] = False  # :meth:`save` writes pictures of a result (``--save-dir``)
 
     # -- input -----------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -54,6 +60,11 @@ class Task(abc.ABC):
     def predict(self, predictor: Any, decoded: Sequence[tuple[np.ndarray, str]], batch_size: int | None = None,
                 **options) -> list:
         """Results for decoded (RGB, name) pairs: preprocess, run and postprocess, batch by batch."""
+        unknown = sorted(set(options) - self.predict_options)
+        if unknown:
+            from tinyvim_deploy.errors import ArtifactError
+
+            raise ArtifactError(f"{unknown[0]} is not an option for {self.name}; this model is a {self.name} model.")
         box = predictor.input_box
         step = self.batch_size(batch_size, len(decoded), box is not None)
         results: list = []
@@ -93,3 +104,32 @@ class Task(abc.ABC):
         from rich.text import Text
 
         return Group(Text(title, style="bold"), *(Text("  " + row) for row in metrics.table()))
+
+    # -- showing and saving results (tvdeploy predict) -------------------------------------------------------
+    @abc.abstractmethod
+    def render(self, result: Any, top: int) -> Any:
+        """One result as a rich renderable (``tvdeploy predict``)."""
+
+    def save(self, result: Any, rgb: np.ndarray, folder: Any) -> None:  # noqa: B027  (only tasks that draw)
+        """Write what a user looks at for one result (``--save-dir``), where :attr:`saves_images`."""
+
+    # -- Core ML (export/coreml_export.py, runtimes/coreml.py) -----------------------------------------------
+    def coreml_convert_options(self, ct: Any, spec: ModelSpec) -> dict:
+        """``ct.convert`` keyword arguments that shape the package's outputs."""
+        return {}
+
+    def coreml_kind(self, spec: ModelSpec) -> str:
+        """What the package is, for its short description in Xcode."""
+        return self.name
+
+    def coreml_outputs(self, spec: ModelSpec) -> list[TensorInfo]:
+        """What the Core ML backend returns."""
+        from tinyvim_deploy.errors import BackendUnavailableError
+
+        raise BackendUnavailableError(f"The Core ML backend does not run {self.name} packages.")
+
+    def coreml_read(self, prediction: dict, class_names: Sequence[str]) -> np.ndarray:
+        """One image's output from ``MLModel.predict``'s dictionary, as :meth:`coreml_outputs` describes it."""
+        from tinyvim_deploy.errors import BackendUnavailableError
+
+        raise BackendUnavailableError(f"The Core ML backend does not run {self.name} packages.")

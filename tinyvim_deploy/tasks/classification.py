@@ -82,6 +82,27 @@ class ClassificationTask(Task):
                                                 [float(p[i]) for i in top], row, source))
         return results
 
+    def render(self, result, top):
+        from tinyvim_deploy.reports import prediction_table
+
+        return prediction_table(result)
+
+    def coreml_convert_options(self, ct, spec) -> dict:
+        # a classifier's outputs are (classLabel, classLabel_probs), as Xcode and Vision expect
+        return {"classifier_config": ct.ClassifierConfig(list(spec.class_names))}
+
+    def coreml_kind(self, spec) -> str:
+        return "image classifier"
+
+    def coreml_outputs(self, spec):
+        from tinyvim_deploy.runtimes.base import TensorInfo
+
+        return [TensorInfo("classLabel_probs", (1, spec.num_classes), "float32")]
+
+    def coreml_read(self, prediction, class_names):
+        probs = prediction["classLabel_probs"]
+        return np.asarray([probs[name] for name in class_names], np.float32)
+
     def torch_outputs(self, spec):
         from tinyvim_deploy.runtimes.base import TensorInfo
 

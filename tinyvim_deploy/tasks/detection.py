@@ -136,6 +136,9 @@ def detections_from_outputs(outputs: Sequence[np.ndarray], metadata: dict | None
 
 class DetectionTask(Task):
     name = "detection"
+    has_nms = True
+    trainable = True
+    saves_images = True
 
     def preprocess(self, images, spec, input_hw):
         size = (input_hw or tuple(spec.input_size[1:]))[0]
@@ -164,6 +167,27 @@ class DetectionTask(Task):
                                            [predictor.class_names[i] for i in ids], source, palette))
         return results
 
+    def render(self, result, top):
+        from tinyvim_deploy.reports import detection_table
+
+        return detection_table(result)
+
+    def save(self, result, rgb, folder) -> None:
+        """``<stem>_boxes.jpg``: the image with every box and its label drawn."""
+        from pathlib import Path
+
+        from tinyvim_deploy.fileio import save_image
+
+        save_image(Path(folder) / f"{Path(result.source).stem}_boxes.jpg", result.draw(rgb))
+
+    def coreml_convert_options(self, ct, spec) -> dict:
+        # Core ML's NMS takes float32 (or double) inputs, not an FP16 program's default
+        return {"outputs": [ct.TensorType(name="confidence", dtype=np.float32),
+                            ct.TensorType(name="coordinates", dtype=np.float32)]}
+
+    def coreml_kind(self, spec) -> str:
+        return "object detector (letterboxed input; Core ML NMS pipeline, boxes normalised cx,cy,w,h)"
+
     def torch_outputs(self, spec):
         from tinyvim_deploy.runtimes.base import TensorInfo
 
@@ -184,8 +208,14 @@ class DetectionTask(Task):
         ref, got = Detections(*detections_from_outputs(reference)), Detections(*detections_from_outputs(candidate))
         return float(np.abs(ref.scores - got.scores).max()), matched_fraction(ref, got) == 1.0
 
-    def evaluate(self, predictor, data, *, on_batch=None, batch_size: int = 8, **options):
-        """COCO AP through the Predictor (letterbox, runtime, NMS, un-letterbox) on a loaded DetectionData."""
+    def evaluate(self, predictor, data, *, on_batch=None, batch_size: int = 8, images: int = 200, data_seed: int = 0,
+                 **options):
+        """COCO AP through the Predictor (letterbox, runtime, NMS, un-letterbox) on a COCO folder (json + images),
+        ``synthetic:shapesdet`` (``images`` test images of seed ``data_seed``) or a loaded DetectionData."""
+        if isinstance(data, str):
+            from tinyvim_deploy.training.shapesdet import load_detection_data
+
+            data = load_detection_data(data, "test", images, predictor.backend.input_hw[0], data_seed)
         found = []
         for start in range(0, len(data), batch_size):
             stop = min(len(data), start + batch_size)

@@ -295,24 +295,30 @@ def pair_images_and_labels(root: str | Path) -> list[tuple[Path, Path]]:
 
 
 def evaluate_segmentation(predictor, root: str | Path, reduce_zero_label: bool = True,
-                          on_image=None) -> SegmentationMetrics:
-    """mIoU/aAcc of a segmentation Predictor (any backend) over an evaluation folder."""
+                          on_batch=None) -> SegmentationMetrics:
+    """mIoU/aAcc of a segmentation Predictor (any backend) over an evaluation folder; ``on_batch(done, total)``."""
+    pairs = pair_images_and_labels(root)
     metrics = SegmentationMetrics(predictor.spec.num_classes, class_names=list(predictor.class_names))
-    for image_path, label_path in pair_images_and_labels(root):
+    for done, (image_path, label_path) in enumerate(pairs, start=1):
         label = read_label(label_path, reduce_zero_label)
-        result = predictor.segment([predictor.decode(image_path)])[0]
+        result = predictor.predict([predictor.decode(image_path)])[0]
         if result.labels.shape != label.shape:
             raise DatasetError(f"{label_path} is {label.shape[1]}x{label.shape[0]} but {image_path} is "
                                f"{result.labels.shape[1]}x{result.labels.shape[0]}.")
         metrics.update(result.labels, label)
-        if on_image:
-            on_image(image_path)
+        if on_batch:
+            on_batch(done, len(pairs))
     return metrics
 
 
 class SegmentationTask(Task):
     name = "segmentation"
     any_input_size = True  # eager PyTorch takes the official pipeline's sizes unless a box is set
+    can_output_labels = True
+    saves_images = True
+    # the prototype / SSA cosine tails and attention: precision-sensitive and tiny, so only the convs go INT8
+    int8_float_ops = ("MatMul",)
+    predict_options = frozenset({"probabilities", "slide", "stride"})
 
     def preprocess(self, images, spec, input_hw):
         prepared = [prepare(rgb, spec, input_hw) for rgb in images]
@@ -355,6 +361,33 @@ class SegmentationTask(Task):
             results += self.postprocess([logits[None]], [plan], [source], predictor, **options)
         return results
 
+    def render(self, result, top):
+        from tinyvim_deploy.reports import segmentation_table
+
+        return segmentation_table(result, top)
+
+    def save(self, result, rgb, folder) -> None:
+        """``<stem>_overlay.png`` (the image blended with class colours) and ``<stem>_labels.png`` (class per pixel)."""
+        from tinyvim_deploy.fileio import save_image
+
+        stem = Path(result.source).stem
+        save_image(Path(folder) / f"{stem}_overlay.png", result.overlay(rgb))
+        save_image(Path(folder) / f"{stem}_labels.png", result.labels)
+
+    def coreml_convert_options(self, ct, spec) -> dict:
+        return {"outputs": [ct.TensorType(name="logits")]}
+
+    def coreml_kind(self, spec) -> str:
+        return f"semantic segmentation (logits at 1/{spec.output_stride}; resize, crop and argmax in the app)"
+
+    def coreml_outputs(self, spec):
+        from tinyvim_deploy.runtimes.base import TensorInfo
+
+        return [TensorInfo("logits", (1, spec.num_classes, None, None), "float32")]
+
+    def coreml_read(self, prediction, class_names):
+        return np.asarray(prediction["logits"], np.float32)[0]
+
     def torch_outputs(self, spec):
         from tinyvim_deploy.runtimes.base import TensorInfo
 
@@ -381,26 +414,11 @@ class SegmentationTask(Task):
                             map_agreement_miou(ref_map, got_map, ref.shape[1]))]
 
     def evaluate(self, predictor, data, *, on_batch=None, reduce_zero_label: bool = True, **options):
-        total = len(pair_images_and_labels(data))
-        done = iter(range(1, total + 1))
-        return evaluate_segmentation(predictor, data, reduce_zero_label,
-                                     on_image=on_batch and (lambda _: on_batch(next(done), total)))
+        return evaluate_segmentation(predictor, data, reduce_zero_label, on_batch)
 
     def render_metrics(self, metrics, title: str):
-        """mIoU and aAcc, then the IoU of every class that occurs."""
-        from rich.console import Group
-        from rich.table import Table
-        from rich.text import Text
+        from tinyvim_deploy.reports import eval_table
 
-        table = Table()
-        for col, justify in (("class", "right"), ("label", "left"), ("IoU", "right")):
-            table.add_column(col, justify=justify)
-        names = metrics.class_names or [str(i) for i in range(metrics.num_classes)]
-        for i, (name, iou) in enumerate(zip(names, metrics.iou)):
-            if not math.isnan(iou):
-                table.add_row(str(i), name, f"{iou:.4f}")
-        summary = f"mIoU {metrics.miou:.4f} · aAcc {metrics.aacc:.4f} · {metrics.images} images"
-        return Group(Text(title, style="bold"), table, Text(summary, style="bold"))
-
+        return eval_table(metrics, metrics.class_names or [str(i) for i in range(metrics.num_classes)], title)
 
 TASK = SegmentationTask()
