@@ -407,25 +407,23 @@ def reference_outputs(torch_model: Any, reference_onnx: Path | None, inputs: dic
 
 def run_onnx(model: onnx.ModelProto, batch: np.ndarray) -> list[np.ndarray]:
     """Run a model (given as a proto) in ONNX Runtime on the CPU, in slices of its static batch if it has one."""
-    from tinyvim_deploy.export.validate import ort_session
+    from tinyvim_deploy.runtimes.onnxruntime import ort_session, run_session
 
-    session = ort_session(model.SerializeToString())
-    name, dim = session.get_inputs()[0].name, session.get_inputs()[0].shape[0]
-    step = dim if isinstance(dim, int) and dim > 0 else len(batch)
-    parts = [session.run(None, {name: batch[i : i + step]}) for i in range(0, len(batch), step)]
-    return [np.concatenate(outputs) for outputs in zip(*parts)]
+    return run_session(ort_session(model.SerializeToString()), batch)
 
 
 def compare_outputs(run: Callable[[np.ndarray], list[np.ndarray]], reference: Reference, precision: str,
                     task: str = "classification") -> Any:
     """A ValidationReport of ``run`` against the reference, with the precision's tolerance."""
-    from tinyvim_deploy.export.validate import ValidationReport, compare
+    from tinyvim_deploy.export.validate import ValidationReport
+    from tinyvim_deploy.tasks import get_task
 
+    judge = get_task(task)
     checks = []
     atol = 0.0
     for name, (x, (ref, *_)) in reference.items():
         atol = max(atol, tolerance(precision, ref))
-        checks.append(compare(ref, run(x)[0], name, tolerance(precision, ref), task))
+        checks += judge.compare([ref], run(x)[:1], name, tolerance(precision, ref), x)
     return ValidationReport(checks, atol)
 
 

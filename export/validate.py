@@ -10,19 +10,9 @@ import numpy as np
 import torch
 
 from tinyvim_deploy.export.checks import Check, ValidationReport, map_agreement_miou  # noqa: F401  (re-exported)
+from tinyvim_deploy.runtimes.onnxruntime import ort_session, run_session
+from tinyvim_deploy.tasks import get_task
 from tinyvim_deploy.tasks.detection import matched_fraction, raw_detection_checks  # noqa: F401  (re-exported)
-
-
-def ort_session(path_or_bytes, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # ORT and torch in one process: spinning thread pools fight for the cores (toolchain notes §3).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(path_or_bytes, options, providers=["CPUExecutionProvider"])
 
 
 def photo_batch(photos_dir: str | os.PathLike | None, size: tuple[int, int], spec, limit: int = 8) -> np.ndarray | None:
@@ -42,8 +32,6 @@ def photo_batch(photos_dir: str | os.PathLike | None, size: tuple[int, int], spe
             break
     if not images:
         return None
-    from tinyvim_deploy.tasks import get_task
-
     return get_task(spec.task).preprocess(images, spec, tuple(size))[0]
 
 
@@ -59,26 +47,19 @@ def validation_inputs(size: tuple[int, int], batches: Sequence[int], spec, photo
     return inputs
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, name: str, atol: float, task: str) -> Check:
-    """One output of one input, judged the task's way (segmentors: pixel agreement and mIoU of the argmax too)."""
-    from tinyvim_deploy.tasks import get_task
-
-    return get_task(task).compare([reference], [candidate], name, atol, reference)[0]
-
-
 def validate_onnx(onnx_path, torch_model: torch.nn.Module, inputs: dict[str, np.ndarray], atol: float = 1e-4,
                   task: str = "classification") -> ValidationReport:
-    session = ort_session(str(onnx_path))
-    input_name = session.get_inputs()[0].name
-    static_batch = session.get_inputs()[0].shape[0]
+    """The exported file in ONNX Runtime (its backend splits batches into a static batch) against the eager model,
+    judged the task's way."""
+    from tinyvim_deploy.runtimes.onnxruntime import OnnxRuntimeBackend
+
+    judge = get_task(task)
     checks = []
-    for name, x in inputs.items():
-        step = static_batch if isinstance(static_batch, int) and static_batch > 0 else len(x)
-        outputs = [session.run(None, {input_name: x[i : i + step]})[0] for i in range(0, len(x), step)]
-        got = np.concatenate(outputs)
-        with torch.no_grad():
-            ref = torch_model(torch.from_numpy(x)).numpy()
-        checks.append(compare(ref, got, name, atol, task))
+    with OnnxRuntimeBackend(onnx_path) as backend:
+        for name, x in inputs.items():
+            with torch.no_grad():
+                ref = torch_model(torch.from_numpy(x)).numpy()
+            checks += judge.compare([ref], backend.run(x), name, atol, x)
     return ValidationReport(checks, atol)
 
 
@@ -106,14 +87,6 @@ def print_report(report: ValidationReport, console, title: str = "ONNX Runtime v
         console.print(f"{word}: max abs diff {report.max_abs:.2e} (atol {report.atol:g})")
 
 
-def _run_chunks(session, x: np.ndarray) -> list[np.ndarray]:
-    """All outputs of ``session`` on ``x``, split into its static batch when it has one."""
-    inp = session.get_inputs()[0]
-    step = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else len(x)
-    parts = [session.run(None, {inp.name: x[i : i + step]}) for i in range(0, len(x), step)]
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
-
-
 def validate_detector(raw_model: bytes, final_path, torch_model: torch.nn.Module, inputs: dict[str, np.ndarray],
                       nms_config, atol: float = 1e-4, run_nms: bool = True) -> ValidationReport:
     """A detector export, in three checks per input (drkd.md §7.3):
@@ -132,13 +105,13 @@ def validate_detector(raw_model: bytes, final_path, torch_model: torch.nn.Module
     final_session = ort_session(str(final_path)) if run_nms else None
     checks = []
     for name, x in inputs.items():
-        boxes, scores = _run_chunks(raw_session, x)
+        boxes, scores = run_session(raw_session, x)
         with torch.no_grad():
             ref_boxes, ref_scores = (t.numpy() for t in torch_model(torch.from_numpy(x)))
         checks += raw_detection_checks(name, x, ref_boxes, ref_scores, boxes, scores, atol)
         if final_session is None:
             continue
-        got = Detections(*_run_chunks(final_session, x))
+        got = Detections(*run_session(final_session, x))
         same_raw = multiclass_nms(torch.from_numpy(boxes), torch.from_numpy(scores), **nms_config.as_kwargs())
         same_raw = Detections(*(t.numpy() for t in same_raw))
         exact = (np.array_equal(got.num_dets, same_raw.num_dets) and np.array_equal(got.classes, same_raw.classes))

@@ -24,6 +24,21 @@ class TensorInfo:
     dtype: str
 
 
+def run_in_batches(run, batch: np.ndarray, static_batch: int | None) -> list[np.ndarray]:
+    """``run`` (one fixed-size batch -> outputs) over a batch of any size: split into ``static_batch`` pieces, the
+    last one padded with zeros and the padding dropped from the outputs. No static batch: one call."""
+    if static_batch is None or static_batch == len(batch):
+        return run(batch)
+    pieces: list[list[np.ndarray]] = []
+    for start in range(0, len(batch), static_batch):
+        chunk = batch[start : start + static_batch]
+        n = len(chunk)
+        if n < static_batch:
+            chunk = np.concatenate([chunk, np.zeros((static_batch - n, *chunk.shape[1:]), chunk.dtype)])
+        pieces.append([o[:n] for o in run(chunk)])
+    return [np.concatenate(parts) for parts in zip(*pieces)]
+
+
 class Backend(abc.ABC):
     """Load an artifact once; ``run`` many times; ``close`` (or use as a context manager)."""
 
@@ -74,18 +89,7 @@ class Backend(abc.ABC):
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run a batch of any size (split into the artifact's static batch if it has one)."""
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        step = self.static_batch
-        if step is None or step == len(batch):
-            return self._run(batch)
-        pieces: list[list[np.ndarray]] = []
-        for start in range(0, len(batch), step):
-            chunk = batch[start : start + step]
-            n = len(chunk)
-            if n < step:  # pad the last chunk to the static batch, drop the padding after
-                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), np.float32)])
-            pieces.append([o[:n] for o in self._run(chunk)])
-        return [np.concatenate(parts) for parts in zip(*pieces)]
+        return run_in_batches(self._run, np.ascontiguousarray(batch, dtype=np.float32), self.static_batch)
 
     def warmup(self, runs: int = 3) -> None:
         x = np.zeros((self.static_batch or 1, 3, *self.input_hw), np.float32)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyvim_deploy.errors import BackendUnavailableError
-from tinyvim_deploy.runtimes.base import Backend, TensorInfo
+from tinyvim_deploy.runtimes.base import Backend, TensorInfo, run_in_batches
 
 # Execution providers chosen by --device, when the installed onnxruntime has them.
 DEVICE_PROVIDERS = {
@@ -16,6 +16,26 @@ DEVICE_PROVIDERS = {
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
     "coreml": ["CoreMLExecutionProvider", "CPUExecutionProvider"],
 }
+
+
+def ort_session(path_or_bytes, threads: int | None = None, providers: list[str] | None = None):
+    """The one ONNX Runtime session set-up: ``threads`` intra-op threads, one inter-op thread, no spinning
+    (ORT and torch in one process: spinning thread pools fight for the cores)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path_or_bytes, options, providers=providers or ["CPUExecutionProvider"])
+
+
+def run_session(session, batch: np.ndarray) -> list[np.ndarray]:
+    """All outputs of an ORT ``session`` on ``batch`` of any size (split into its static batch if it has one)."""
+    inp = session.get_inputs()[0]
+    static = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    return run_in_batches(lambda x: session.run(None, {inp.name: x}), batch, static)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -48,12 +68,7 @@ class OnnxRuntimeBackend(Backend):
         available = ort.get_available_providers()
         if wanted[0] not in available:
             raise BackendUnavailableError(f"onnxruntime here has no {wanted[0]} (available: {', '.join(available)}).")
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=[p for p in wanted if p in available])
+        self.session = ort_session(str(path), self.threads, [p for p in wanted if p in available])
         self._input = self.session.get_inputs()[0].name
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:

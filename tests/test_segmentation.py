@@ -205,8 +205,7 @@ def test_sliding_window_prediction_at_full_resolution(seg_model, tmp_path):
     _, onnx_path = seg_model
     need_shared(PHOTOS)
     predictor = tv.Predictor(onnx_path)
-    whole, slid = predictor(PHOTOS / "rocket.jpg"), predictor.segment([predictor.decode(PHOTOS / "rocket.jpg")],
-                                                                       slide=True)[0]
+    whole, slid = predictor(PHOTOS / "rocket.jpg"), predictor(PHOTOS / "rocket.jpg", slide=True)
     assert slid.labels.shape == whole.labels.shape == (427, 640)
     r = tvdeploy("predict", onnx_path, PHOTOS / "rocket.jpg", "--slide", "--stride", "256")
     assert r.returncode == 0 and "rocket.jpg (640x427)" in r.stdout, r.stderr

@@ -92,7 +92,7 @@ class Predictor:
     def preprocess(self, images: Sequence[np.ndarray], fixed_size: bool = False) -> tuple[np.ndarray, list]:
         """RGB images -> (network input, per-image contexts). ``fixed_size``: use the artifact's default
         input size even where it takes any (so that a batch of different images stacks)."""
-        box = self.input_box if self.input_box or not fixed_size else tuple(self.backend.input_hw)
+        box = self.input_box or (tuple(self.backend.input_hw) if fixed_size else None)
         return self.task.preprocess(images, self.spec, box)
 
     def postprocess(self, outputs: list[np.ndarray], contexts: list, sources: Sequence[str], **options) -> list:
@@ -127,16 +127,6 @@ class Predictor:
         items = [images] if single else list(images)
         results = self.predict([self.decode(item, color) for item in items], batch_size, **options)
         return results[0] if single else results
-
-    # task-named entry points (the same as predict, for code that knows what it runs)
-    def classify(self, decoded, batch_size: int | None = None) -> list:
-        return self.predict(decoded, batch_size)
-
-    def segment(self, decoded, probabilities: bool = False, slide: bool = False, stride=None) -> list:
-        return self.predict(decoded, probabilities=probabilities, slide=slide, stride=stride)
-
-    def detect(self, decoded, batch_size: int | None = None) -> list:
-        return self.predict(decoded, batch_size)
 
     def close(self) -> None:
         self.backend.close()
