@@ -56,3 +56,33 @@ def test_no_code_outside_tasks_branches_on_a_task_name():
                         isinstance(c, ast.Constant) and c.value in names for c in [node.left, *node.comparators]):
                     found.append(f"{path.relative_to(repo)}:{node.lineno}")
     assert not found, found
+
+
+def test_eval_scores_a_classifier_on_class_subfolders(tmp_path):
+    """eval's top-1 accuracy equals the Predictor's own answers on the same labelled folder."""
+    import shutil
+
+    import torch
+
+    import tinyvim_deploy as tv
+
+    need_shared(PHOTOS)
+    photos = sorted(p for p in PHOTOS.iterdir() if p.suffix in (".png", ".jpg"))[:4]
+    data = tmp_path / "data"
+    labels = {}
+    for i, photo in enumerate(photos):
+        folder = data / f"class{i % 2}"  # sorted folder names are the class indices (ImageFolder)
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, folder / photo.name)
+        labels[photo.name] = i % 2
+    weights = tmp_path / "w.pth"
+    torch.save({"model": tv.create_model("tinyvim-s").state_dict()}, weights)
+    out = tmp_path / "eval.json"
+    r = tvdeploy("eval", "tinyvim-s", "--data", str(data), "--weights", str(weights), "--input-size", "64",
+                 "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads(out.read_text())
+    predictor = tv.Predictor("tinyvim-s", weights=weights, input_size="64", topk=1)
+    expected = sum(predictor(path).indices[0] == labels[path.name] for path in data.rglob("*.*")) / len(photos)
+    assert metrics["images"] == len(photos) and metrics["top1"] == pytest.approx(expected)
+    assert metrics["top5"] >= metrics["top1"]
