@@ -56,11 +56,22 @@ def validate_onnx(onnx_path, torch_model: torch.nn.Module, inputs: dict[str, np.
     judge = get_task(task)
     checks = []
     with OnnxRuntimeBackend(onnx_path) as backend:
+        reference_names = [t.name for t in judge.torch_outputs(backend.spec)]
         for name, x in inputs.items():
             with torch.no_grad():
                 ref = torch_model(torch.from_numpy(x)).numpy()
-            checks += judge.compare([ref], backend.run(x), name, atol, x)
+            got = by_name(reference_names, [t.name for t in backend.outputs()], backend.run(x))
+            checks += judge.compare([ref], got, name, atol, x)
     return ValidationReport(checks, atol)
+
+
+def by_name(reference_names: list[str], candidate_names: list[str], candidate: list[np.ndarray]) -> list[np.ndarray]:
+    """The candidate's outputs in the reference's order, matched by name (Polygraphy's comparator does the same);
+    by position where the names differ (a segmentor exported with its label map renames its output)."""
+    index = {n: i for i, n in enumerate(candidate_names)}
+    if all(n in index for n in reference_names):
+        return [candidate[index[n]] for n in reference_names]
+    return list(candidate)
 
 
 def print_report(report: ValidationReport, console, title: str = "ONNX Runtime vs PyTorch") -> None:

@@ -86,3 +86,14 @@ def test_eval_scores_a_classifier_on_class_subfolders(tmp_path):
     expected = sum(predictor(path).indices[0] == labels[path.name] for path in data.rglob("*.*")) / len(photos)
     assert metrics["images"] == len(photos) and metrics["top1"] == pytest.approx(expected)
     assert metrics["top5"] >= metrics["top1"]
+
+
+def test_validation_matches_outputs_by_name_not_position():
+    import numpy as np
+
+    from tinyvim_deploy.export.validate import by_name
+
+    boxes, scores = np.zeros((1, 4)), np.ones((1, 2))
+    assert [a is b for a, b in zip(by_name(["boxes", "scores"], ["scores", "boxes"], [scores, boxes]),
+                                   [boxes, scores])] == [True, True]
+    assert by_name(["logits"], ["labels"], [scores])[0] is scores  # renamed output: by position
