@@ -51,6 +51,7 @@ class CocoMetrics:
     ap_large: float
     area_ranges: dict[str, tuple[float, float]]
     image_size: int | None = None
+    images: int = 0  # images evaluated
 
     def as_dict(self) -> dict:
         return {**{name: getattr(self, name) for name in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")},
@@ -141,4 +142,4 @@ def coco_evaluate(gt: dict, detections: Sequence[dict], image_size: int | None =
         evaluator.accumulate()
         evaluator.summarize()
     stats = [float(v) for v in evaluator.stats[:6]]
-    return CocoMetrics(*stats, area_ranges=ranges, image_size=image_size)
+    return CocoMetrics(*stats, area_ranges=ranges, image_size=image_size, images=len(gt.get("images", [])))

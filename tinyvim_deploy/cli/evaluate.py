@@ -40,7 +40,7 @@ def eval_cmd(
         with progress_bar() as progress:
             metrics = predictor.task.evaluate(predictor, data, on_batch=progress(Path(artifact).name, "evaluating"),
                                               reduce_zero_label=reduce_zero_label, images=images, data_seed=data_seed)
-        title = f"{artifact} ({predictor.backend.describe()}) on {data}"
+        title = f"{artifact} ({predictor.backend.describe()}) on {metrics.images} images of {data}"
         console.print(predictor.task.render_metrics(metrics, title))
         if json_out:
             write_json(json_out, {"artifact": str(artifact), "backend": predictor.backend.describe(), **metrics.as_dict()})
